@@ -1,0 +1,31 @@
+"""Preallocated tensors: each (name, shape, dtype) is allocated once per Engine and reused by every call."""
+from __future__ import annotations
+
+import torch
+
+
+class BufferPool:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        key = (name, tuple(int(s) for s in shape), dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(key[1], dtype=dtype, device=self.device)
+        return buf
+
+    @property
+    def allocations(self) -> int:
+        return len(self._buffers)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def report(self) -> dict[str, int]:
+        """Bytes per buffer name, summed over shapes."""
+        out: dict[str, int] = {}
+        for (name, _, _), b in self._buffers.items():
+            out[name] = out.get(name, 0) + b.numel() * b.element_size()
+        return out

@@ -1,0 +1,56 @@
+"""Frozen configurations: how an Engine runs, and named presets of edit parameters."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    backend: str = "auto"
+    device: str = "cpu"
+    # Largest UNet batch the encoder sends at once: the K·B(·2) source evaluations are chunked by it.
+    max_batch: int = 16
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EditParams:
+    """The numeric knobs of an edit, with diffusers' CycleDiffusionPipeline defaults."""
+
+    strength: float = 0.8
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    source_guidance_scale: float = 1.0
+    eta: float = 0.1
+
+    def __post_init__(self):
+        from cyclediff.runtime.schedule import check_schedule_args
+
+        check_schedule_args(self.num_inference_steps, self.strength, self.eta)
+        check_scale("guidance_scale", self.guidance_scale)
+        check_scale("source_guidance_scale", self.source_guidance_scale)
+
+
+def check_scale(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+# The diffusers defaults, and the two settings of the CycleDiffusion documentation's examples.
+PRESETS: dict[str, EditParams] = {
+    "default": EditParams(),
+    "paper": EditParams(strength=0.8, num_inference_steps=100, guidance_scale=2.0, eta=0.1),
+    "paper-strong": EditParams(strength=0.85, num_inference_steps=100, guidance_scale=3.0, eta=0.1),
+}

@@ -1,0 +1,220 @@
+"""The public API: `Engine.load(DIR)`, then `encode` / `decode` / `edit` with CycleDiffusionPipeline's arguments."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from cyclediff.export.manifest import TOKENIZER_DIR, Manifest
+from cyclediff.export.models import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from cyclediff.runtime import backends, images
+from cyclediff.runtime.batch import BatchPlan
+from cyclediff.runtime.buffers import BufferPool
+from cyclediff.runtime.config import OUTPUT_TYPES, EditParams, EngineConfig, check_scale
+from cyclediff.runtime.decoder import DdimDecoder, TargetText
+from cyclediff.runtime.encoder import DpmEncoder, SourceText
+from cyclediff.runtime.latent_code import LatentCode, LatentCodeError
+from cyclediff.runtime.noise import NoiseSource
+from cyclediff.runtime.prompts import PromptEncoder
+from cyclediff.runtime.schedule import SchedulerConfig, StepTable
+
+
+@dataclasses.dataclass
+class EditOutput:
+    """Same fields as diffusers' StableDiffusionPipelineOutput (no safety checker runs: always None)."""
+
+    images: Any
+    nsfw_content_detected: list[bool] | None = None
+
+
+class Engine:
+    def __init__(self, folder: Path, manifest: Manifest, runners: dict, config: EngineConfig, backend: str):
+        self.folder, self.manifest, self.config, self.backend = folder, manifest, config, backend
+        self.device = torch.device(config.device)
+        self.runners = runners
+        self.scheduler = SchedulerConfig.from_json(manifest.scheduler)
+        self.pool = BufferPool(self.device)
+        self.prompts = PromptEncoder(folder / TOKENIZER_DIR, runners[TEXT_ENCODER], self.device,
+                                     manifest.dims.text_states)
+        self.encoder = DpmEncoder(runners[UNET], self.pool, config.max_batch)
+        self.decoder = DdimDecoder(runners[UNET], self.pool)
+
+    @classmethod
+    def load(cls, folder: str | Path, backend: str = "auto", device: str = "cpu", max_batch: int = 16,
+             progress: bool = True) -> "Engine":
+        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'."""
+        config = EngineConfig(backend=backend, device=device, max_batch=max_batch, progress=progress)
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but no CUDA device is available to torch; use device='cpu'")
+        folder = Path(folder)
+        manifest = Manifest.load(folder, verify_files=False)
+        manifest.verify_files(folder, models=())  # tokenizer files; each backend checks what it reads
+        chosen = backends.choose(config.backend, torch.device(config.device), manifest)
+        runners = backends.load_runners(folder, manifest, chosen, torch.device(config.device))
+        return cls(folder, manifest, runners, config, chosen)
+
+    # ---- encode -------------------------------------------------------------------------------------
+    def encode(self, image, source_prompt, strength: float = 0.8, num_inference_steps: int = 50,
+               source_guidance_scale: float = 1, eta: float = 0.1, generator=None, num_images_per_prompt: int = 1,
+               clip_skip: int | None = None) -> LatentCode:
+        """The DPM-Encoder: image(s) -> LatentCode. Draws n_vae, n0, then one noise per step, as diffusers."""
+        params = EditParams(strength, num_inference_steps, 7.5, source_guidance_scale, eta)
+        prepared = self._prepare(image)
+        plan = BatchPlan.make(source_prompt, source_prompt, prepared.tensor.shape[0], num_images_per_prompt)
+        return self._encode(prepared, plan, params, generator, clip_skip, guided=source_guidance_scale != 1)
+
+    def _encode(self, prepared, plan: BatchPlan, params: EditParams, generator, clip_skip, guided: bool):
+        table = StepTable.build(self.scheduler, params.num_inference_steps, params.strength, params.eta)
+        noise = NoiseSource(generator, plan.batch, self.device)
+        x0 = self._clean_latents(prepared, plan, noise)
+        x_T = self.encoder.noised(x0, table, noise)
+        xs = self.encoder.trajectory(x0, x_T, table, noise)
+        z = torch.zeros((table.num_steps, *x0.shape), device=self.device)
+        if params.eta > 0:  # at eta = 0 the decoder adds no noise: the source UNet calls are not needed
+            text = self._source_text(plan, params, clip_skip, guided)
+            with self._bar(table.num_steps * plan.batch * (2 if guided else 1), "encode") as bar:
+                self.encoder.progress = bar
+                z = self.encoder.record(xs, self.encoder.source_eps(xs, table, text), table)
+        return LatentCode(
+            x_T=x_T.clone(), noises=z.clone(), timesteps=tuple(table.timesteps.tolist()),
+            num_inference_steps=params.num_inference_steps, strength=params.strength, eta=params.eta,
+            source_prompts=plan.source_prompts, source_guidance_scale=float(params.source_guidance_scale),
+            engine_digest=self.manifest.digest,
+        )
+
+    def _source_text(self, plan: BatchPlan, params: EditParams, clip_skip, guided: bool) -> SourceText:
+        cond = self.prompts.encode(list(plan.source_prompts), clip_skip)
+        # The unconditional text is always "" and never clip-skipped, as in the reference.
+        uncond = self.prompts.encode([""]) if guided else None
+        return SourceText(cond, uncond, float(params.source_guidance_scale))
+
+    def _prepare(self, image) -> images.Prepared:
+        if image is None:
+            raise ValueError("image is required: pass a PIL image, numpy array or torch tensor")
+        d = self.manifest.dims
+        prepared = images.preprocess(image, d.vae_scale, d.latent_channels)
+        h, w = prepared.tensor.shape[-2:]
+        lh, lw = (h, w) if prepared.is_latent else (h // d.vae_scale, w // d.vae_scale)
+        self._check_latent_hw(lh, lw)
+        return images.Prepared(prepared.tensor.to(self.device), prepared.is_latent)
+
+    def _check_latent_hw(self, lh: int, lw: int) -> None:
+        m = self.manifest.dims.unet_downscale
+        if lh % m or lw % m:
+            side = m * self.manifest.dims.vae_scale
+            raise images.ImageError(
+                f"image gives latents {lh}x{lw}, not a multiple of {m}; resize the image so both sides are "
+                f"multiples of {side} pixels (e.g. {side * max(1, round(lw / m))}x{side * max(1, round(lh / m))})"
+            )
+
+    def _clean_latents(self, prepared: images.Prepared, plan: BatchPlan, noise: NoiseSource) -> torch.Tensor:
+        """x0 (B, C, h, w). Pixels: a VAE posterior sample, x0 = sf·(mean + std·n_vae); latents: as given."""
+        index = torch.tensor(plan.image_index, device=self.device)
+        if prepared.is_latent:
+            return prepared.tensor[index].contiguous()
+        mean, std = self._vae_moments(prepared.tensor)
+        sf = self.manifest.vae_scaling_factor
+        if noise.per_item:  # item k draws its own VAE sample from generator k
+            n = noise.randn_into(torch.empty((plan.batch, *mean.shape[1:]), device=self.device))
+            return sf * (mean[index] + std[index] * n)
+        n = noise.randn_into(torch.empty(tuple(mean.shape), device=self.device))
+        return (sf * (mean + std * n))[index].contiguous()
+
+    def _vae_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec_out = self.runners[VAE_ENCODER].spec.outputs
+        d = self.manifest.dims
+        shape = (pixels.shape[0], d.latent_channels, pixels.shape[2] // d.vae_scale, pixels.shape[3] // d.vae_scale)
+        outs = {t.name: self.pool.get(f"vae_enc.{t.name}", shape) for t in spec_out}
+        self.runners[VAE_ENCODER]({"image": pixels}, outs)
+        return outs["mean"], outs["std"]
+
+    # ---- decode -------------------------------------------------------------------------------------
+    def decode(self, code: LatentCode, prompt=None, guidance_scale: float = 7.5, output_type: str = "pil",
+               prompt_embeds: torch.Tensor | None = None, clip_skip: int | None = None, callback=None,
+               callback_steps: int = 1, return_dict: bool = True):
+        """Decode a LatentCode with target prompt(s): the DDIM loop with the recorded noises, then the VAE."""
+        check_scale("guidance_scale", guidance_scale)
+        _check_output_args(output_type, callback_steps)
+        self._check_code(code)
+        plan = BatchPlan.make(prompt, list(code.source_prompts), code.batch, 1, prompt_embeds)
+        if plan.batch != code.batch:
+            raise LatentCodeError(f"{plan.batch} target prompts for a code of {code.batch} images; pass one "
+                                  f"prompt or {code.batch}")
+        table = StepTable.build(self.scheduler, code.num_inference_steps, code.strength, code.eta)
+        text = self._target_text(plan, prompt_embeds, guidance_scale, clip_skip)
+        with self._bar(table.num_steps, "decode") as bar:
+            latents = self.decoder.run(code.x_T.to(self.device), code.noises.to(self.device) if code.eta > 0
+                                       else None, table, text, callback, callback_steps, bar)
+        result = self._finish(latents, output_type)
+        return EditOutput(result) if return_dict else (result, None)
+
+    def _check_code(self, code: LatentCode) -> None:
+        if not isinstance(code, LatentCode):
+            raise TypeError(f"code must be a LatentCode (from Engine.encode or LatentCode.load), got {type(code)}")
+        if code.engine_digest != self.manifest.digest:
+            raise LatentCodeError("this LatentCode was made by another engine export; encode the image again "
+                                  "with this engine")
+        self._check_latent_hw(*code.latent_hw)
+        if code.x_T.shape[1] != self.manifest.dims.latent_channels or code.noises.shape[1:] != code.x_T.shape:
+            raise LatentCodeError(f"LatentCode tensors have inconsistent shapes {tuple(code.x_T.shape)} and "
+                                  f"{tuple(code.noises.shape)}")
+
+    def _target_text(self, plan: BatchPlan, prompt_embeds, guidance_scale: float, clip_skip) -> TargetText:
+        if prompt_embeds is not None:
+            cond = prompt_embeds.to(self.device, torch.float32)[list(plan.embeds_index)]
+        else:
+            cond = self.prompts.encode(list(plan.target_prompts), clip_skip)
+        uncond = self.prompts.encode([""]) if guidance_scale > 1 else None
+        return TargetText(cond, uncond, float(guidance_scale))
+
+    def _finish(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents.clone()
+        runner = self.runners[VAE_DECODER]
+        d = self.manifest.dims
+        b, _, h, w = latents.shape
+        pixels = self.pool.get("vae_dec.image", (b, 3, h * d.vae_scale, w * d.vae_scale))
+        runner({"latent": latents / self.manifest.vae_scaling_factor}, {"image": pixels})
+        return images.postprocess(pixels, output_type)
+
+    # ---- edit ---------------------------------------------------------------------------------------
+    def edit(self, prompt, source_prompt, image=None, strength: float = 0.8, num_inference_steps: int = 50,
+             guidance_scale: float = 7.5, source_guidance_scale: float = 1, num_images_per_prompt: int = 1,
+             eta: float = 0.1, generator=None, prompt_embeds: torch.Tensor | None = None, output_type: str = "pil",
+             return_dict: bool = True, callback=None, callback_steps: int = 1, cross_attention_kwargs=None,
+             clip_skip: int | None = None):
+        """CycleDiffusionPipeline.__call__, argument for argument: encode with the source prompt, decode with
+        the target. With guidance_scale <= 1 the source is unguided (source_guidance_scale ignored), as there."""
+        if cross_attention_kwargs:
+            raise ValueError("cross_attention_kwargs (LoRA scale, attention processors) cannot change an exported "
+                             "engine; export the checkpoint with the LoRA fused instead")
+        params = EditParams(strength, num_inference_steps, guidance_scale, source_guidance_scale, eta)
+        _check_output_args(output_type, callback_steps)
+        prepared = self._prepare(image)
+        plan = BatchPlan.make(prompt, source_prompt, prepared.tensor.shape[0], num_images_per_prompt, prompt_embeds)
+        guided = guidance_scale > 1 and source_guidance_scale != 1
+        code = self._encode(prepared, plan, params, generator, clip_skip, guided)
+        targets = list(plan.target_prompts) if plan.target_prompts is not None else None
+        embeds = prompt_embeds[list(plan.embeds_index)] if prompt_embeds is not None else None
+        return self.decode(code, targets, guidance_scale, output_type, embeds, clip_skip, callback,
+                           callback_steps, return_dict)
+
+    # ---- misc ---------------------------------------------------------------------------------------
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.config.progress, leave=False)
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes held in the engine's preallocated buffers, by buffer name, plus the total."""
+        report = self.pool.report()
+        report["total"] = self.pool.nbytes()
+        return report
+
+
+def _check_output_args(output_type: str, callback_steps: int) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+        raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
