@@ -5,15 +5,16 @@ import torch
 
 
 class BufferPool:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32):
         self.device = device
+        self.dtype = dtype  # the default; float64 pools let tests check the algebra to ~1e-15
         self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        key = (name, tuple(int(s) for s in shape), dtype)
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+        key = (name, tuple(int(s) for s in shape), dtype or self.dtype)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = torch.empty(key[1], dtype=dtype, device=self.device)
+            buf = self._buffers[key] = torch.empty(key[1], dtype=key[2], device=self.device)
         return buf
 
     @property
