@@ -1,4 +1,4 @@
-"""PyTorch backend: runs the checkpoint's own modules (the export wrappers) eagerly."""
+"""PyTorch backend: runs the checkpoint's own modules (the export wrappers) eagerly, fp32 or fp16."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -10,14 +10,21 @@ from cyclediff.export.models import ModelSpec
 
 
 class TorchModel(ModelRunner):
-    def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device):
+    """fp16 keeps the runtime's fp32 buffers: float inputs are cast in, outputs cast back on copy-out."""
+
+    def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device, dtype: str = "fp32"):
         super().__init__(spec)
-        self.module = module.to(device).eval()
+        self.compute = torch.float16 if dtype == "fp16" else torch.float32
+        self.module = module.to(device=device, dtype=self.compute).eval()
 
     def __call__(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
         self.check(feeds)
+        args = (self._cast(feeds[t.name]) for t in self.spec.inputs)
         with torch.inference_mode():
-            result = self.module(*(feeds[t.name] for t in self.spec.inputs))
+            result = self.module(*args)
         results = result if isinstance(result, tuple) else (result,)
         for t, value in zip(self.spec.outputs, results):
             outputs[t.name].copy_(value)
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.compute) if x.is_floating_point() and x.dtype != self.compute else x

@@ -21,20 +21,24 @@ def choose(backend: str, device: torch.device, manifest: Manifest) -> str:
 
 def _has_tensorrt() -> bool:
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return False
-    return True
+    return hasattr(tensorrt, "Runtime")  # the stub-only package imports too, but has no runtime
 
 
-def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.device) -> dict[str, ModelRunner]:
+def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.device,
+                 dtype: str = "fp32") -> dict[str, ModelRunner]:
     if backend == "onnxruntime":
+        if dtype != "fp32":
+            raise BackendError("backend 'onnxruntime' runs the fp32 ONNX files; for fp16 use backend='torch' or "
+                               "'tensorrt' (export with --trt)")
         from cyclediff.engine.onnxruntime_backend import OrtModel
 
         manifest.verify_files(folder, models=MODEL_NAMES)
         return {n: OrtModel(folder / manifest.models[n].file, manifest.models[n].spec, device) for n in MODEL_NAMES}
     if backend == "torch":
-        return _torch_runners(manifest, device)
+        return _torch_runners(manifest, device, dtype)
     if backend == "tensorrt":
         from cyclediff.engine.tensorrt_backend import load_plans
 
@@ -42,7 +46,7 @@ def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.d
     raise BackendError(f"unknown backend {backend!r}")
 
 
-def _torch_runners(manifest: Manifest, device: torch.device) -> dict[str, ModelRunner]:
+def _torch_runners(manifest: Manifest, device: torch.device, dtype: str) -> dict[str, ModelRunner]:
     """The checkpoint's own modules, from the location the manifest records, refused if its bytes changed."""
     from cyclediff.engine.torch_backend import TorchModel
     from cyclediff.export import checkpoint, models, tiny
@@ -58,4 +62,21 @@ def _torch_runners(manifest: Manifest, device: torch.device) -> dict[str, ModelR
         raise ManifestError(f"checkpoint {ref.path} changed since this export (content hash differs); "
                             "re-run `cyclediff-export` or use backend='onnxruntime'")
     graphs = models.graphs(checkpoint.load(ref))
-    return {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+    if dtype == "fp32":
+        return {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+    return {n: _fp16_runner(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+
+
+def _fp16_runner(graph: torch.nn.Module, spec, device: torch.device) -> ModelRunner:
+    """fp16 model; the VAE parts keep an fp32 copy to re-run when fp16 overflows (a known SD VAE failure)."""
+    import copy
+
+    from cyclediff.engine.torch_backend import TorchModel
+    from cyclediff.export.models import VAE_DECODER, VAE_ENCODER
+    from cyclediff.runtime.precision import GuardedRunner, OverflowGuard
+
+    if spec.name not in (VAE_ENCODER, VAE_DECODER):
+        return TorchModel(graph, spec, device, "fp16")
+    fp32_copy = copy.deepcopy(graph)  # on the CPU until first needed
+    return GuardedRunner(TorchModel(graph, spec, device, "fp16"), lambda: TorchModel(fp32_copy, spec, device),
+                         OverflowGuard(spec.name))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 
-def guide(eps: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, scale: float, tmp: torch.Tensor) -> None:
+def guide(eps: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, scale: float | torch.Tensor,
+          tmp: torch.Tensor) -> None:
     """eps = u + scale · (c − u)   (classifier-free guidance)."""
     torch.sub(cond, uncond, out=tmp)
     tmp.mul_(scale)

@@ -40,20 +40,29 @@ class Engine:
         self.prompts = PromptEncoder(folder / TOKENIZER_DIR, runners[TEXT_ENCODER], self.device,
                                      manifest.dims.text_states)
         self.encoder = DpmEncoder(runners[UNET], self.pool, config.max_batch)
-        self.decoder = DdimDecoder(runners[UNET], self.pool)
+        self.decoder = self._make_decoder(runners[UNET])
+
+    def _make_decoder(self, unet) -> DdimDecoder:
+        """On CUDA the decoder step is captured as a CUDA graph (ONNX Runtime runs on its own stream: eager)."""
+        if self.device.type == "cuda" and self.config.cuda_graphs and self.backend in ("torch", "tensorrt"):
+            from cyclediff.runtime.graph_decoder import GraphDdimDecoder
+
+            return GraphDdimDecoder(unet, self.pool)
+        return DdimDecoder(unet, self.pool)
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "cpu", max_batch: int = 16,
-             progress: bool = True) -> "Engine":
-        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'."""
-        config = EngineConfig(backend=backend, device=device, max_batch=max_batch, progress=progress)
+             progress: bool = True, dtype: str = "fp32", cuda_graphs: bool = True) -> "Engine":
+        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'; dtype 'fp32' | 'fp16'."""
+        config = EngineConfig(backend=backend, device=device, max_batch=max_batch, progress=progress, dtype=dtype,
+                              cuda_graphs=cuda_graphs)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' but no CUDA device is available to torch; use device='cpu'")
         folder = Path(folder)
         manifest = Manifest.load(folder, verify_files=False)
         manifest.verify_files(folder, models=())  # tokenizer files; each backend checks what it reads
         chosen = backends.choose(config.backend, torch.device(config.device), manifest)
-        runners = backends.load_runners(folder, manifest, chosen, torch.device(config.device))
+        runners = backends.load_runners(folder, manifest, chosen, torch.device(config.device), config.dtype)
         return cls(folder, manifest, runners, config, chosen)
 
     # ---- encode -------------------------------------------------------------------------------------

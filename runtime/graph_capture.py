@@ -1,0 +1,161 @@
+"""CUDA graphs as a three-state machine, WARMUP -> CAPTURE -> REPLAY, checked on replay (tinygrad's JIT shape).
+
+`CapturedStep(fn, device)` runs `fn(**static_inputs)` eagerly for the warm-up calls, then records it into a
+graph once, then replays the graph. Per call, the caller's inputs are copied into static input buffers
+(allocated at the first call); on replay their shapes and dtypes must equal the captured ones.
+
+What replay returns are the *static output buffers* of the capture: the next replay overwrites them, so a
+caller that keeps a result must copy it out first. `fn` may also read and write other tensors of fixed address
+(a latent state, a device step counter): the graph replays on exactly those tensors.
+
+The device is injected: `CudaGraphDevice` for torch.cuda.CUDAGraph, `NullGraphDevice` (no CUDA: capture records,
+replay re-runs eagerly) so the state machine is tested on CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Callable, Protocol
+
+import torch
+
+Signature = tuple[tuple[str, tuple[int, ...], torch.dtype, torch.device], ...]
+
+
+class Phase(enum.Enum):
+    WARMUP = "warmup"
+    CAPTURE = "capture"
+    REPLAY = "replay"
+
+
+class GraphSignatureError(ValueError):
+    """Inputs whose names, shapes, dtypes or devices differ from the captured ones."""
+
+
+class GraphDevice(Protocol):
+    def warmup(self, fn: Callable[[], Any]) -> Any:
+        """Run fn now, eagerly; return its outputs."""
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        """Record fn without running its work (as CUDA capture does); return a handle for replay."""
+
+    def replay(self, graph: Any) -> Any:
+        """Run the recorded work; return the static outputs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    warmup_calls: int = 2  # eager calls before capture: lazy inits, cuBLAS/cuDNN/TensorRT first-run work
+    recapture_on_shape_change: bool = False  # else a changed input signature raises GraphSignatureError
+
+    def __post_init__(self) -> None:
+        if self.warmup_calls < 0:
+            raise ValueError(f"warmup_calls must be >= 0, got {self.warmup_calls}")
+
+
+class CapturedStep:
+    def __init__(self, fn: Callable[..., Any], device: GraphDevice, config: CaptureConfig = CaptureConfig()):
+        self.fn, self.device, self.config = fn, device, config
+        self.phase = Phase.WARMUP
+        self.signature: Signature | None = None
+        self.static_inputs: dict[str, torch.Tensor] = {}
+        self.captures = 0  # how many graphs were recorded (re-captures included)
+        self._warmups = 0
+        self._graph: Any = None
+
+    def __call__(self, **inputs: torch.Tensor) -> Any:
+        sig = signature(inputs)
+        if self.signature is None:
+            self._start(sig, inputs)
+        elif sig != self.signature:
+            self._changed(sig, inputs)
+        for name, value in inputs.items():
+            static = self.static_inputs[name]
+            if value.data_ptr() != static.data_ptr():  # a caller may write the static buffer directly
+                static.copy_(value)
+        return self._run()
+
+    def _run(self) -> Any:
+        run = self._bound
+        if self.phase is Phase.WARMUP and self._warmups < self.config.warmup_calls:
+            self._warmups += 1
+            return self.device.warmup(run)
+        if self.phase is not Phase.REPLAY:
+            self.phase = Phase.CAPTURE
+            self._graph = self.device.capture(run)
+            self.captures += 1
+            self.phase = Phase.REPLAY
+        return self.device.replay(self._graph)  # right after capture too: capture itself computed nothing
+
+    def _bound(self) -> Any:
+        return self.fn(**self.static_inputs)
+
+    def _start(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
+        self.signature = sig
+        self.static_inputs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in inputs.items()}
+        self.phase, self._warmups, self._graph = Phase.WARMUP, 0, None
+
+    def _changed(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
+        if not self.config.recapture_on_shape_change:
+            raise GraphSignatureError(
+                f"captured step called with {describe(sig)}, but it was {self.phase.value}ed with "
+                f"{describe(self.signature or ())}; make a new CapturedStep per shape, or set "
+                "CaptureConfig(recapture_on_shape_change=True)"
+            )
+        self._start(sig, inputs)  # drops the old graph and its buffers; warms up again
+
+
+def signature(inputs: dict[str, torch.Tensor]) -> Signature:
+    return tuple(sorted((k, tuple(v.shape), v.dtype, v.device) for k, v in inputs.items()))
+
+
+def describe(sig: Signature) -> str:
+    return ", ".join(f"{k}{list(s)} {str(d).removeprefix('torch.')} on {dev}" for k, s, d, dev in sig) or "no inputs"
+
+
+class CudaGraphDevice:
+    """torch.cuda.CUDAGraph. Warm-up runs on a side stream (as torch's docs ask before capture); capture uses
+    torch.cuda.graph's own side stream, so work inside fn that reads torch.cuda.current_stream() (TensorRT's
+    execute_async_v3) is captured too."""
+
+    def __init__(self, device: torch.device | None = None, pool: Any = None):
+        self.stream = torch.cuda.Stream(device)
+        self.pool = pool  # torch.cuda.graph_pool_handle() to share memory between graphs that never overlap
+
+    def warmup(self, fn: Callable[[], Any]) -> Any:
+        current = torch.cuda.current_stream()
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            out = fn()
+        current.wait_stream(self.stream)
+        return out
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = fn()
+        return graph, out
+
+    def replay(self, graph: Any) -> Any:
+        cuda_graph, out = graph
+        cuda_graph.replay()
+        return out
+
+
+class NullGraphDevice:
+    """No device: capture records fn, replay runs it eagerly. `events` lists every call, for tests."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def warmup(self, fn: Callable[[], Any]) -> Any:
+        self.events.append("warmup")
+        return fn()
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        self.events.append("capture")
+        return fn
+
+    def replay(self, graph: Any) -> Any:
+        self.events.append("replay")
+        return graph()
