@@ -1,0 +1,116 @@
+"""`cyclediff-export`: command-line entry point of the export stage (argparse lives only here)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "cyclediff-export"
+EPILOG = """\
+examples:
+  cyclediff-export --ckpt tiny --out out/tiny                 # built-in random tiny checkpoint (offline, seconds)
+  cyclediff-export --ckpt sd-v1-4 --out out/sd14              # alias of CompVis/stable-diffusion-v1-4 (HF cache)
+  cyclediff-export --ckpt ~/models/sd15 --out out/sd15        # a diffusers folder
+  cyclediff-export --ckpt v1-5.safetensors --config ~/models/sd15 --out out/v15
+                                                              # single file; --config gives configs + tokenizer
+
+Re-running into the same --out reuses every model whose file is unchanged (see .export-state.json);
+another checkpoint replaces the folder's contents. manifest.json is written last: a folder whose export
+did not finish is refused by every runtime until the export is re-run.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a Stable Diffusion v1.x checkpoint to verified ONNX models + manifest.json.",
+    )
+    p.add_argument("--ckpt", required=True, metavar="CKPT",
+                   help="diffusers folder, .safetensors/.ckpt file, hub id (owner/name, from the local HF cache), "
+                        "alias (sd-v1-4, sd-v1-5) or built-in (tiny, tiny-deep, tiny-trailing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder (created; reused on re-runs)")
+    p.add_argument("--config", metavar="DIR_OR_ID",
+                   help="single-file checkpoints only: diffusers folder or hub id of the same architecture")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default: 18)")
+    p.add_argument("--trace-size", type=int, default=None, metavar="N",
+                   help="latent side used for tracing (default: twice the UNet's downsampling factor, 16 for SD)")
+    p.add_argument("--exporter", choices=("auto", "legacy", "dynamo"), default="auto",
+                   help="torch.onnx exporter; auto tries legacy (fast) then dynamo (default: auto)")
+    p.add_argument("--force", action="store_true", help="re-export every model even if its file is reusable")
+    trt = p.add_argument_group("TensorRT (fp16 plans with static shapes for the runtime's exact workload)")
+    trt.add_argument("--trt", action=argparse.BooleanOptionalAction, default=None,
+                     help="build TensorRT plans (default: yes when TensorRT and an NVIDIA GPU are present)")
+    trt.add_argument("--batch", type=int, default=1, help="images per edit the plans serve (default 1)")
+    trt.add_argument("--height", type=int, default=None, help="image height in pixels (default: checkpoint's native)")
+    trt.add_argument("--width", type=int, default=None, help="image width in pixels (default: checkpoint's native)")
+    trt.add_argument("--no-guidance", action="store_true", help="plans for guidance_scale <= 1 (decoder batch B)")
+    trt.add_argument("--max-batch", type=int, default=16, help="the Engine's encoder chunk (default 16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages; errors only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Imported after parsing so that --help answers without loading torch.
+    from cyclediff.export.onnx_export import ExportError, ExportSettings
+    from cyclediff.export.pipeline import exporter_order, run
+
+    from cyclediff.export.plan_cache import TensorRTUnavailable
+
+    try:
+        build_trt = _want_tensorrt(args.trt)  # fails fast when --trt is asked for without TensorRT or a GPU
+        settings = ExportSettings(opset=args.opset, exporters=exporter_order(args.exporter),
+                                  trace_size=args.trace_size)
+        report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
+                     force=args.force)
+        if build_trt:
+            _build_plans(args, report.manifest)
+    except TensorRTUnavailable as err:
+        return _fail(err, 2)
+    except ExportError as err:
+        return _fail(err, 1)
+    except OSError as err:
+        return _fail(err, 1)
+    except ValueError as err:  # CheckpointError, ManifestError, ScheduleError and bad arguments
+        return _fail(err, 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted; re-run the same command to resume", 130)
+    if not args.quiet:
+        print(f"exported {args.ckpt} to {args.out}: {len(report.exported)} exported, {len(report.reused)} reused "
+              f"({', '.join(report.reused) or 'none'}); manifest {report.manifest.digest[:12]}")
+    return 0
+
+
+def _want_tensorrt(flag: bool | None) -> bool:
+    from cyclediff.export.plan_cache import TensorRTUnavailable, require_tensorrt
+
+    if flag is False:
+        return False
+    try:
+        require_tensorrt(need_builder=True)
+    except TensorRTUnavailable:
+        if flag:
+            raise
+        return False
+    return True
+
+
+def _build_plans(args: argparse.Namespace, manifest) -> None:
+    from pathlib import Path
+
+    from cyclediff.export.plan_cache import Workload
+    from cyclediff.export.tensorrt_build import build_all
+
+    workload = Workload(batch=args.batch, height=args.height or manifest.sample_size,
+                        width=args.width or manifest.sample_size, guided=not args.no_guidance,
+                        encoder_chunk=args.max_batch)
+    say = (lambda _msg: None) if args.quiet else print
+    build_all(Path(args.out), manifest, workload, say=say).save(Path(args.out))
+
+
+def _fail(err: object, code: int) -> int:
+    print(f"{PROG}: error: {err}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""`cyclediff-export` as a function: checkpoint -> verified ONNX models, tokenizer and manifest.json in one folder.
+
+Crash safety: manifest.json is deleted before anything in DIR changes and written last, so a folder whose run
+did not finish never loads. Every file is staged in DIR/.staging and renamed into place once verified.
+Reuse: DIR/.export-state.json records, per model, the key it was exported under (checkpoint hash, settings,
+tool versions, wrapper code) and its files' sha256; a re-run skips models whose files still match.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cyclediff.export import checkpoint, models
+from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
+from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
+from cyclediff.export.progress import Progress, quiet_libraries
+from cyclediff.export.reuse import STATE, ExportState, ModelRecord, model_key
+from cyclediff.export.verify import Parity, Tolerance, check_graph, compare
+
+STAGING = ".staging"
+_TOOLS = ("cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime")
+_STEPS = 3 + 2 * len(models.MODEL_NAMES) + 2  # resolve, hash, load, (export, verify) per model, tokenizer, manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What a run did: the manifest it wrote, which models it exported or reused, and their parity."""
+
+    manifest: Manifest
+    exported: tuple[str, ...]
+    reused: tuple[str, ...]
+    exporters: dict[str, str]  # model -> "legacy" | "dynamo" (for reused models: the one recorded)
+    parity: dict[str, dict[str, Any]]  # model -> Parity.to_json() (recorded when it was verified)
+
+
+def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
+           exporter: str = "auto", quiet: bool = False, force: bool = False) -> Manifest:
+    """Export checkpoint `ckpt` into folder `out`; return the manifest written there."""
+    exporters = exporter_order(exporter)
+    settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
+    return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force).manifest
+
+
+def exporter_order(exporter: str) -> tuple[str, ...]:
+    """'auto' tries the fast legacy tracer first and falls back to dynamo (the other way round costs ~20x time)."""
+    choices = {"auto": ("legacy", "dynamo"), "legacy": ("legacy",), "dynamo": ("dynamo",)}
+    if exporter not in choices:
+        raise ValueError(f"exporter must be one of {', '.join(choices)}, got {exporter!r}")
+    return choices[exporter]
+
+
+def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: ExportSettings | None = None,
+        tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False) -> ExportReport:
+    """The export with its report; `export` is this minus the report. None: default settings/tolerance."""
+    out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
+    _check_out(out)
+    progress = Progress(_STEPS, quiet)
+    ok = False
+    try:
+        with quiet_libraries(quiet):
+            with progress.step("resolve checkpoint"):
+                ref = checkpoint.resolve(ckpt, config)
+                if config and ref.kind != "file":
+                    raise ValueError(f"--config is for single-file checkpoints; {ckpt} is a {ref.kind} checkpoint "
+                                     "that carries its own configs (drop --config)")
+            with progress.step("hash checkpoint"):
+                ckpt_hash = checkpoint.content_hash(ref)
+            with progress.step("load checkpoint"):
+                comps = checkpoint.load(ref)
+            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go()
+        ok = True
+        return report
+    finally:
+        progress.close(ok)
+
+
+class _Run:
+    """One export into `out` of an already loaded checkpoint."""
+
+    def __init__(self, out, ref, ckpt_hash, comps, settings, tolerance, progress, force) -> None:
+        self.out, self.ref, self.ckpt_hash, self.comps = out, ref, ckpt_hash, comps
+        self.settings, self.tolerance, self.progress, self.force = settings, tolerance, progress, force
+        self.dims = models.Dims.of(comps.text_encoder, comps.vae, comps.unet)
+        self.specs = models.specs(self.dims)
+        self.graphs = models.graphs(comps)
+        self.trace_hw, self.verify_hw = _sizes(settings, self.dims.unet_downscale)
+        self.code = {**_code_identity(), "config": _config_identity(ref)}
+
+    def go(self) -> ExportReport:
+        previous = _prepare(self.out)
+        self.state = _state_for(self.out, self.ckpt_hash)
+        records, reused = {}, []
+        for name in models.MODEL_NAMES:
+            records[name], was_reused = self._model(name)
+            if was_reused:
+                reused.append(name)
+        with self.progress.step("copy tokenizer"):
+            tokenizer_files = _install_tokenizer(self.comps.tokenizer, self.out)
+        with self.progress.step("write manifest"):
+            manifest = self._manifest(records, tokenizer_files, previous)
+            manifest.verify_files(self.out)
+            manifest.save(self.out)  # last: from here on the folder loads
+        shutil.rmtree(self.out / STAGING, ignore_errors=True)
+        return ExportReport(manifest, tuple(n for n in models.MODEL_NAMES if n not in reused), tuple(reused),
+                            {k: r.exporter for k, r in records.items()}, {k: r.parity for k, r in records.items()})
+
+    def _model(self, name: str) -> tuple[ModelRecord, bool]:
+        key = model_key(self.ckpt_hash, name, self.settings.to_json(), self.code)
+        record = None if self.force else self.state.reusable(self.out, name, key)
+        if record is not None:
+            self.progress.skip(2, f"reuse {name}")
+            self.progress.write(f"reuse {name}: {', '.join(record.files)} unchanged (sha256 {record.sha256[:12]})")
+            return record, True
+        record = self._build(name, key)
+        _install_model(self.out, name, record)
+        self.state = self.state.with_model(name, record)
+        self.state.save(self.out)
+        return record, False
+
+    def _build(self, name: str, key: str) -> ModelRecord:
+        """Export with each exporter in turn until one verifies; files are left in DIR/.staging/<name>."""
+        failures = []
+        for i, exporter in enumerate(self.settings.exporters):
+            staging = self.out / STAGING / name
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                with self.progress.step(f"export {name}"):
+                    files = export_onnx(exporter, self.graphs[name], self.specs[name], self.dims, staging,
+                                        self.settings, self.trace_hw)
+                with self.progress.step(f"verify {name}"):
+                    parity = self._verify(name, files[0])
+            except Exception as err:  # noqa: BLE001 -- torch's exporters raise anything; try the next one
+                failures.append(f"{exporter} exporter: {err}")
+                if i + 1 < len(self.settings.exporters):
+                    self.progress.add(2)
+                    self.progress.write(f"{name}: the {exporter} exporter failed ({_first_line(err)}); "
+                                        f"trying {self.settings.exporters[i + 1]}")
+                continue
+            self.progress.write(str(parity))
+            rel = tuple(str(f.relative_to(staging)) for f in files)
+            return ModelRecord(key, rel, sha256_files(files), exporter, parity.to_json())
+        raise ExportError(f"could not export {name}:\n  " + "\n  ".join(failures))
+
+    def _verify(self, name: str, path: Path) -> Parity:
+        check_graph(path)
+        batch = self.settings.trace_batch + 1
+        return compare(path, self.graphs[name], self.specs[name], self.dims, batch, self.verify_hw, self.tolerance)
+
+    def _manifest(self, records: dict[str, ModelRecord], tokenizer_files: dict[str, str],
+                  previous: dict[str, Any] | None) -> Manifest:
+        from cyclediff.runtime.schedule import SchedulerConfig
+
+        entries = {n: ModelEntry(r.files[0], r.sha256, self.specs[n], r.files[1:]) for n, r in records.items()}
+        manifest = Manifest(
+            checkpoint={**self.ref.to_json(), "content_hash": self.ckpt_hash},
+            scheduler=SchedulerConfig.from_diffusers(self.comps.scheduler_config).to_json(),
+            dims=self.dims,
+            vae_scaling_factor=float(self.comps.vae.config.scaling_factor),
+            sample_size=_sample_size(self.comps.unet) * self.dims.vae_scale,
+            models=entries,
+            tokenizer_files=tokenizer_files,
+            tools=_tools(),
+            opset=self.settings.opset,
+        )
+        return dataclasses.replace(manifest, extra=_carried_extra(previous, manifest))
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a file, or a non-empty folder holding nothing an export writes (we would delete into it)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir():
+        names = [p.name for p in out.iterdir()]
+        if names and not any(_ours(n) for n in names):
+            raise ValueError(f"--out {out} is a non-empty folder that is not a cyclediff export; "
+                             "choose a new or empty folder")
+
+
+def _ours(name: str) -> bool:
+    return name in (MANIFEST, STATE, STAGING, TOKENIZER_DIR) or name.endswith((".onnx", ".onnx.data", ".tmp"))
+
+
+def _prepare(out: Path) -> dict[str, Any] | None:
+    """Invalidate the folder before changing it: drop manifest.json, staging leftovers and stale temp files.
+
+    Returns the old manifest's JSON (to carry its `extra` over when nothing it describes changed).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    (out / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    for tmp in out.glob(".*.tmp"):  # atomic_write leftovers of a killed run
+        tmp.unlink(missing_ok=True)
+    return previous
+
+
+def _state_for(out: Path, ckpt_hash: str) -> ExportState:
+    """The reuse state; for another checkpoint, forget it first and then delete that checkpoint's files."""
+    state = ExportState.load(out)
+    if state.checkpoint_hash == ckpt_hash:
+        return state
+    fresh = ExportState(ckpt_hash)
+    fresh.save(out)
+    stale = {f for r in state.models.values() for f in r.files}
+    stale |= {f"{n}.onnx{s}" for n in models.MODEL_NAMES for s in ("", ".data")}
+    for name in stale:
+        path = out / name
+        if path.parent == out:  # only plain names inside DIR, whatever a tampered state says
+            path.unlink(missing_ok=True)
+    shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+    return fresh
+
+
+def _install_model(out: Path, name: str, record: ModelRecord) -> None:
+    """Rename the staged files into DIR (data file before the .onnx that points at it)."""
+    staging = out / STAGING / name
+    for rel in reversed(record.files):
+        os.replace(staging / rel, out / rel)
+    for stale in {f"{name}.onnx.data"} - set(record.files):
+        (out / stale).unlink(missing_ok=True)
+
+
+def _install_tokenizer(tokenizer: Any, out: Path) -> dict[str, str]:
+    """save_pretrained into staging, then swap the folder in; returns file name -> sha256."""
+    staged, old = out / STAGING / TOKENIZER_DIR, out / STAGING / f"{TOKENIZER_DIR}.old"
+    tokenizer.save_pretrained(str(staged))
+    hashes = {p.name: sha256_files([p]) for p in sorted(staged.iterdir()) if p.is_file()}
+    if (out / TOKENIZER_DIR).exists():
+        os.replace(out / TOKENIZER_DIR, old)
+    os.replace(staged, out / TOKENIZER_DIR)
+    return hashes
+
+
+def _sizes(settings: ExportSettings, factor: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Latent (h, w) to trace at, and a different, non-square one to verify at; both multiples of the UNet's
+    downsampling factor (8 for SD v1: 3 downsamplers), with the trace's deepest feature map at least 2x2."""
+    size = settings.trace_size or 2 * factor
+    if size % factor:
+        raise ValueError(f"--trace-size {size} must be a multiple of {factor} (the UNet halves the latent "
+                         f"{factor.bit_length() - 1} times)")
+    return (size, size), (size + factor, size + 2 * factor)
+
+
+def _sample_size(unet: Any) -> int:
+    size = unet.config.sample_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _code_identity() -> dict[str, str]:
+    """Versions and source hashes that change exported bytes: a change re-exports instead of reusing."""
+    from cyclediff.export import onnx_export
+
+    h = hashlib.sha256()
+    for module in (models, onnx_export):
+        h.update(Path(module.__file__).read_bytes())
+    tools = _tools()
+    return {"cyclediff": tools["cyclediff"], "torch": tools["torch"], "onnx": tools["onnx"], "code": h.hexdigest()}
+
+
+def _config_identity(ref: checkpoint.CheckpointRef) -> str:
+    """A single file's --config supplies the architecture, which content_hash (the file's bytes) does not cover."""
+    if ref.kind != "file" or not ref.config:
+        return ""
+    folder = Path(ref.config).expanduser()
+    if folder.is_dir():
+        return checkpoint.content_hash(checkpoint.CheckpointRef(ref.config, "folder", folder.resolve()))
+    return ref.config  # a hub id: its snapshot is fixed by the id for our purposes
+
+
+def _tools() -> dict[str, str]:
+    versions = {}
+    for name in _TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _carried_extra(previous: dict[str, Any] | None, manifest: Manifest) -> dict[str, Any]:
+    """Later stages' records (e.g. TensorRT plans) stay valid only if every exported file is unchanged."""
+    if previous is None:
+        return {}
+    try:
+        old = previous["schema_version"], previous["checkpoint"]["content_hash"], {
+            k: v["sha256"] for k, v in previous["models"].items()}, previous["opset"]
+    except (TypeError, KeyError, AttributeError):  # no previous manifest, or not one we can read
+        return {}
+    new = (manifest.schema_version, manifest.checkpoint["content_hash"],
+           {k: v.sha256 for k, v in manifest.models.items()}, manifest.opset)
+    return dict(previous.get("extra") or {}) if old == new else {}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
