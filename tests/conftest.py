@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Sections: exports of the built-in checkpoints; (add new sections below, one each)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
