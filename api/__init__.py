@@ -3,9 +3,33 @@
     engine = cyclediff.Engine.load("exports/tiny")
     images = engine.edit(prompt="a cat", source_prompt="a dog", image=img).images
 """
-from cyclediff.runtime.config import PRESETS, EditParams, EngineConfig
-from cyclediff.runtime.engine import EditOutput, Engine
-from cyclediff.runtime.latent_code import LatentCode, LatentCodeError
+from __future__ import annotations
 
-__all__ = ["Engine", "EditOutput", "EditParams", "EngineConfig", "LatentCode", "LatentCodeError", "PRESETS"]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+# Public name -> defining module. Resolved on first use so that `cyclediff-run --help` and other light
+# imports of cyclediff.* do not pay for importing torch.
+_EXPORTS = {
+    "Engine": "cyclediff.runtime.engine",
+    "EditOutput": "cyclediff.runtime.engine",
+    "EditParams": "cyclediff.runtime.config",
+    "EngineConfig": "cyclediff.runtime.config",
+    "PRESETS": "cyclediff.runtime.config",
+    "LatentCode": "cyclediff.runtime.latent_code",
+    "LatentCodeError": "cyclediff.runtime.latent_code",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cyclediff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: export the built-in `tiny` checkpoint and edit the bundled sample image with it.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cyclediff-export --ckpt tiny --out exports/tiny
+cyclediff-run --engine exports/tiny --image sample --source-prompt "a house on a green hill" \
+  --prompt "a castle on a snowy hill" --steps 50 --seed 0 --out out/castle.png --grid
+echo "wrote out/castle.png and out/castle_grid.png"
