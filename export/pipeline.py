@@ -41,11 +41,15 @@ class ExportReport:
 
 
 def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
-           exporter: str = "auto", quiet: bool = False, force: bool = False) -> Manifest:
-    """Export checkpoint `ckpt` into folder `out`; return the manifest written there."""
+           exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False) -> Manifest:
+    """Export checkpoint `ckpt` into folder `out`; return the manifest written there.
+
+    torchscript: also write TorchScript programs (DIR/torchscript/), which libcyclediff's CPU executor runs.
+    """
     exporters = exporter_order(exporter)
     settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
-    return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force).manifest
+    return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force,
+               torchscript=torchscript).manifest
 
 
 def exporter_order(exporter: str) -> tuple[str, ...]:
@@ -57,7 +61,8 @@ def exporter_order(exporter: str) -> tuple[str, ...]:
 
 
 def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: ExportSettings | None = None,
-        tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False) -> ExportReport:
+        tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False,
+        torchscript: bool = False) -> ExportReport:
     """The export with its report; `export` is this minus the report. None: default settings/tolerance."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
     _check_out(out)
@@ -74,7 +79,7 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
                 ckpt_hash = checkpoint.content_hash(ref)
             with progress.step("load checkpoint"):
                 comps = checkpoint.load(ref)
-            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go()
+            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go(torchscript)
         ok = True
         return report
     finally:
@@ -93,7 +98,7 @@ class _Run:
         self.trace_hw, self.verify_hw = _sizes(settings, self.dims.unet_downscale)
         self.code = {**_code_identity(), "config": _config_identity(ref)}
 
-    def go(self) -> ExportReport:
+    def go(self, torchscript: bool = False) -> ExportReport:
         previous = _prepare(self.out)
         self.state = _state_for(self.out, self.ckpt_hash)
         records, reused = {}, []
@@ -103,13 +108,23 @@ class _Run:
                 reused.append(name)
         with self.progress.step("copy tokenizer"):
             tokenizer_files = _install_tokenizer(self.comps.tokenizer, self.out)
+        extra = self._torchscript() if torchscript else {}
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
+            manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
             manifest.verify_files(self.out)
             manifest.save(self.out)  # last: from here on the folder loads
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
         return ExportReport(manifest, tuple(n for n in models.MODEL_NAMES if n not in reused), tuple(reused),
                             {k: r.exporter for k, r in records.items()}, {k: r.parity for k, r in records.items()})
+
+    def _torchscript(self) -> dict[str, Any]:
+        """TorchScript programs for libcyclediff's libtorch executor, recorded as extra["torchscript"]."""
+        from cyclediff.export.torchscript import export_torchscript, manifest_entry
+
+        self.progress.add(1)
+        with self.progress.step("export torchscript"):
+            return {"torchscript": manifest_entry(export_torchscript(self.graphs, self.out, self.dims))}
 
     def _model(self, name: str) -> tuple[ModelRecord, bool]:
         key = model_key(self.ckpt_hash, name, self.settings.to_json(), self.code)

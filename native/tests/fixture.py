@@ -1,0 +1,124 @@
+"""Test export directories with TorchScript programs, and the Python runtime's outputs for the C++ parity test."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The fixed image and prompts every parity case edits.
+SOURCE, TARGET = "a photo of a dog", "a photo of a cat"
+CASES = [  # name, op, params (Engine.encode/edit keywords), seed
+    ("edit_default", "edit", {"num_inference_steps": 10}, 3),
+    ("edit_guided_batched", "edit", {"num_inference_steps": 12, "strength": 0.75, "source_guidance_scale": 2.5,
+                                     "eta": 0.7, "num_images_per_prompt": 2, "guidance_scale": 3.0}, 5),
+    ("code_eta0", "encode_decode", {"num_inference_steps": 6, "strength": 1.0, "eta": 0.0}, 7),
+    ("code_unguided_clipskip", "encode_decode", {"num_inference_steps": 5, "strength": 0.6, "guidance_scale": 1.0,
+                                                 "clip_skip": 0, "source_guidance_scale": 1.5}, 11),
+]
+ENCODE_KEYS = ("strength", "num_inference_steps", "source_guidance_scale", "eta", "num_images_per_prompt", "clip_skip")
+
+
+def export(out: Path, ckpt: str = "tiny") -> None:
+    """A complete export dir for the C++ side, made by the real `cyclediff-export` path with --torchscript."""
+    from PIL import Image
+
+    from cyclediff.export.pipeline import export as run_export
+
+    manifest = run_export(ckpt, out, quiet=True, torchscript=True)
+    Image.fromarray(_image(manifest.sample_size)).save(out / "input.png")
+
+
+def _image(size: int) -> np.ndarray:
+    return (np.random.RandomState(0).rand(size, size, 3) * 255).astype("uint8")
+
+
+def _recording():
+    """Patch NoiseSource.randn_into to keep a copy of every draw, in order."""
+    from cyclediff.runtime.noise import NoiseSource
+
+    draws: list[np.ndarray] = []
+    original = NoiseSource.randn_into
+
+    def randn_into(self, out, items=None):
+        result = original(self, out, items)
+        draws.append(result.detach().cpu().numpy().copy())
+        return result
+
+    NoiseSource.randn_into = randn_into
+    return draws, lambda: setattr(NoiseSource, "randn_into", original)
+
+
+def _flat(a) -> list[float]:
+    return np.asarray(a, dtype=np.float32).ravel().astype(np.float64).tolist()
+
+
+def _run_case(eng, image, name: str, op: str, params: dict, seed: int, out: Path) -> dict:
+    from PIL import Image
+
+    draws, restore = _recording()
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        if op == "edit":
+            images = eng.edit(TARGET, SOURCE, Image.fromarray(image), generator=gen, output_type="np", **params).images
+            code = None
+        else:
+            code = eng.encode(Image.fromarray(image), SOURCE, generator=gen,
+                              **{k: v for k, v in params.items() if k in ENCODE_KEYS})
+            images = eng.decode(code, TARGET, guidance_scale=params.get("guidance_scale", 7.5), output_type="np",
+                                clip_skip=params.get("clip_skip")).images
+    finally:
+        restore()
+    case = {"name": name, "op": op, "params": params, "seed": seed, "source_prompt": SOURCE, "prompt": TARGET,
+            "draws": {"n_vae": _flat(draws[0]), "n0": _flat(draws[1]),
+                      "steps": _flat(np.concatenate([x.ravel() for x in draws[2:]]) if len(draws) > 2 else [])},
+            "images": _flat(images), "images_shape": list(images.shape)}
+    if code is not None:
+        case["x_T"], case["noises"] = _flat(code.x_T), _flat(code.noises)
+        code.save(out / f"py_code_{name}.safetensors")
+        case["py_code"] = f"py_code_{name}.safetensors"
+    return case
+
+
+def parity(out: Path, ckpt: str = "tiny") -> None:
+    """out/cases.json: for each case the Python runtime's draws, latent code and output images."""
+    from cyclediff.runtime.engine import Engine
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    folder = out.parent / f"export-{ckpt}"
+    eng = Engine.load(folder, backend="torch", progress=False)
+    image = _image(eng.manifest.sample_size)
+    cases = [_run_case(eng, image, *c, out) for c in CASES]
+    result = {"export": str(folder), "digest": eng.manifest.digest, "width": image.shape[1], "height": image.shape[0],
+              "rgb": image.ravel().tolist(), "cases": cases}
+    (out / "cases.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def check_code(out: Path, ckpt: str = "tiny") -> None:
+    """The codes the C++ test saved (cpp_code_<case>.safetensors) load in Python, equal Python's, and decode."""
+    from cyclediff.runtime.engine import Engine
+    from cyclediff.runtime.latent_code import LatentCode
+
+    eng = Engine.load(out.parent / f"export-{ckpt}", backend="torch", progress=False)
+    cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))["cases"]
+    checked = 0
+    for case in (c for c in cases if "py_code" in c):
+        cpp = LatentCode.load(out / f"cpp_code_{case['name']}.safetensors")
+        py = LatentCode.load(out / case["py_code"])
+        diff = max(float((cpp.x_T - py.x_T).abs().max()), float((cpp.noises - py.noises).abs().max()))
+        same_meta = (cpp.timesteps, cpp.source_prompts, cpp.engine_digest) == (py.timesteps, py.source_prompts,
+                                                                               py.engine_digest)
+        images = eng.decode(cpp, TARGET, guidance_scale=case["params"].get("guidance_scale", 7.5), output_type="np",
+                            clip_skip=case["params"].get("clip_skip")).images
+        img_diff = float(np.abs(images.ravel() - np.asarray(case["images"], dtype=np.float32)).max())
+        print(f"{case['name']}: C++ code vs Python code max abs diff {diff:.3g}, Python decode of the C++ code "
+              f"vs Python's output {img_diff:.3g}, metadata equal {same_meta}")
+        if diff > 1e-4 or img_diff > 1e-4 or not same_meta:
+            raise SystemExit(f"{case['name']}: the C++ latent code does not match Python's")
+        checked += 1
+    if not checked:
+        raise SystemExit("no C++ latent codes were checked")
