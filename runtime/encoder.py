@@ -7,12 +7,14 @@ trajectory is drawn first (cheap, sequential, in the reference's random-draw ord
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.runtime import ddim
 from cyclediff.runtime.buffers import BufferPool
+from cyclediff.runtime.graph_capture import CapturedStep, GraphDevice
 from cyclediff.runtime.noise import NoiseSource
 from cyclediff.runtime.schedule import StepTable
 
@@ -31,13 +33,18 @@ def _col(v: torch.Tensor) -> torch.Tensor:
 
 
 class DpmEncoder:
-    def __init__(self, unet: ModelRunner, pool: BufferPool, max_batch: int, progress=None):
+    """graphs: a GraphDevice factory (CUDA) to capture each UNet chunk shape once and replay it; None: eager."""
+
+    def __init__(self, unet: ModelRunner, pool: BufferPool, max_batch: int, progress=None,
+                 graphs: Callable[[], GraphDevice] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.unet = unet
         self.pool = pool
         self.max_batch = max_batch
         self.progress = progress
+        self.graphs = graphs
+        self._captured: dict[tuple, CapturedStep] = {}
 
     def noised(self, x0: torch.Tensor, table: StepTable, noise: NoiseSource) -> torch.Tensor:
         """x_T = sqrt(ᾱ_t0)·x0 + sqrt(1−ᾱ_t0)·n0 (DDIMScheduler.add_noise), drawing n0 (B, C, h, w)."""
@@ -92,12 +99,28 @@ class DpmEncoder:
                 sample[j].copy_(xs[step, item])
                 t_buf[j] = timesteps[step]
                 emb[j].copy_(text.uncond[0] if group == 0 and groups == 2 else text.cond[item])
-            self.unet({"sample": sample[:m], "timestep": t_buf[:m], "encoder_hidden_states": emb[:m]},
-                      {"noise_pred": res[:m]})
-            out[start: start + m].copy_(res[:m])
+            out[start: start + m].copy_(self._chunk(sample[:m], t_buf[:m], emb[:m], res[:m]))
             if self.progress is not None:
                 self.progress.update(m)
         return out
+
+    def _chunk(self, sample, timestep, emb, res) -> torch.Tensor:
+        """One UNet call on a chunk (m, C, h, w); captured per shape when graphs are on."""
+        if self.graphs is None:
+            self.unet({"sample": sample, "timestep": timestep, "encoder_hidden_states": emb}, {"noise_pred": res})
+            return res
+        key = (tuple(sample.shape), tuple(emb.shape))
+        step = self._captured.get(key)
+        if step is None:
+            out = self.pool.get(f"enc.graph_out{key}", tuple(sample.shape))
+
+            def run(sample, timestep, encoder_hidden_states):
+                feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states}
+                self.unet(feeds, {"noise_pred": out})
+                return out
+
+            step = self._captured[key] = CapturedStep(run, self.graphs())
+        return step(sample=sample, timestep=timestep, encoder_hidden_states=emb)
 
     def record(self, xs: torch.Tensor, eps: torch.Tensor, table: StepTable) -> torch.Tensor:
         """z (K, B, C, h, w) for all steps at once."""

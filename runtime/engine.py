@@ -39,12 +39,19 @@ class Engine:
         self.pool = BufferPool(self.device)
         self.prompts = PromptEncoder(folder / TOKENIZER_DIR, runners[TEXT_ENCODER], self.device,
                                      manifest.dims.text_states)
-        self.encoder = DpmEncoder(runners[UNET], self.pool, config.max_batch)
+        self.encoder = DpmEncoder(runners[UNET], self.pool, config.max_batch, graphs=self._graph_device())
         self.decoder = self._make_decoder(runners[UNET])
 
-    def _make_decoder(self, unet) -> DdimDecoder:
-        """On CUDA the decoder step is captured as a CUDA graph (ONNX Runtime runs on its own stream: eager)."""
+    def _graph_device(self):
+        """On CUDA, UNet calls are captured as CUDA graphs (ONNX Runtime runs on its own stream: eager)."""
         if self.device.type == "cuda" and self.config.cuda_graphs and self.backend in ("torch", "tensorrt"):
+            from cyclediff.runtime.graph_capture import CudaGraphDevice
+
+            return lambda: CudaGraphDevice(self.device)
+        return None
+
+    def _make_decoder(self, unet) -> DdimDecoder:
+        if self._graph_device() is not None:
             from cyclediff.runtime.graph_decoder import GraphDdimDecoder
 
             return GraphDdimDecoder(unet, self.pool)
