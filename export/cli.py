@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("auto", "legacy", "dynamo"), default="auto",
                    help="torch.onnx exporter; auto tries legacy (fast) then dynamo (default: auto)")
     p.add_argument("--force", action="store_true", help="re-export every model even if its file is reusable")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write fp16 ONNX graphs (norms, softmax and I/O kept fp32) for "
+                        "`Engine.load(..., backend='onnxruntime', dtype='fp16')`")
     p.add_argument("--torchscript", action="store_true",
                    help="also write TorchScript programs for the C++ library's CPU executor (libcyclediff)")
     trt = p.add_argument_group("TensorRT (fp16 plans with static shapes for the runtime's exact workload)")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ExportSettings(opset=args.opset, exporters=exporter_order(args.exporter),
                                   trace_size=args.trace_size)
         report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
-                     force=args.force, torchscript=args.torchscript)
+                     force=args.force, torchscript=args.torchscript, fp16=args.fp16)
         if build_trt:
             _build_plans(args, report.manifest)
     except TensorRTUnavailable as err:

@@ -41,15 +41,17 @@ class ExportReport:
 
 
 def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
-           exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False) -> Manifest:
+           exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False,
+           fp16: bool = False) -> Manifest:
     """Export checkpoint `ckpt` into folder `out`; return the manifest written there.
 
     torchscript: also write TorchScript programs (DIR/torchscript/), which libcyclediff's CPU executor runs.
+    fp16: also write fp16 ONNX graphs (DIR/fp16/, I/O kept fp32) for the onnxruntime backend's dtype="fp16".
     """
     exporters = exporter_order(exporter)
     settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
     return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force,
-               torchscript=torchscript).manifest
+               torchscript=torchscript, fp16=fp16).manifest
 
 
 def exporter_order(exporter: str) -> tuple[str, ...]:
@@ -62,7 +64,7 @@ def exporter_order(exporter: str) -> tuple[str, ...]:
 
 def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: ExportSettings | None = None,
         tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False,
-        torchscript: bool = False) -> ExportReport:
+        torchscript: bool = False, fp16: bool = False) -> ExportReport:
     """The export with its report; `export` is this minus the report. None: default settings/tolerance."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
     _check_out(out)
@@ -79,7 +81,7 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
                 ckpt_hash = checkpoint.content_hash(ref)
             with progress.step("load checkpoint"):
                 comps = checkpoint.load(ref)
-            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go(torchscript)
+            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go(torchscript, fp16)
         ok = True
         return report
     finally:
@@ -98,7 +100,7 @@ class _Run:
         self.trace_hw, self.verify_hw = _sizes(settings, self.dims.unet_downscale)
         self.code = {**_code_identity(), "config": _config_identity(ref)}
 
-    def go(self, torchscript: bool = False) -> ExportReport:
+    def go(self, torchscript: bool = False, fp16: bool = False) -> ExportReport:
         previous = _prepare(self.out)
         self.state = _state_for(self.out, self.ckpt_hash)
         records, reused = {}, []
@@ -108,7 +110,7 @@ class _Run:
                 reused.append(name)
         with self.progress.step("copy tokenizer"):
             tokenizer_files = _install_tokenizer(self.comps.tokenizer, self.out)
-        extra = self._torchscript() if torchscript else {}
+        extra = {**(self._torchscript() if torchscript else {}), **(self._fp16(records) if fp16 else {})}
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
@@ -125,6 +127,19 @@ class _Run:
         self.progress.add(1)
         with self.progress.step("export torchscript"):
             return {"torchscript": manifest_entry(export_torchscript(self.graphs, self.out, self.dims))}
+
+    def _fp16(self, records: dict[str, ModelRecord]) -> dict[str, Any]:
+        """fp16 conversions of the verified fp32 graphs, recorded as extra["fp16_onnx"] (file + sha256)."""
+        from cyclediff.export.fp16 import convert_file
+
+        entries = {}
+        self.progress.add(len(models.MODEL_NAMES))
+        for name in models.MODEL_NAMES:
+            with self.progress.step(f"fp16 {name}"):
+                files = convert_file(self.out / records[name].files[0], self.out / "fp16" / f"{name}.onnx")
+                rel = [str(f.relative_to(self.out)) for f in files]
+                entries[name] = {"file": rel[0], "data_files": rel[1:], "sha256": sha256_files(files)}
+        return {"fp16_onnx": entries}
 
     def _model(self, name: str) -> tuple[ModelRecord, bool]:
         key = model_key(self.ckpt_hash, name, self.settings.to_json(), self.code)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
-from cyclediff.export.manifest import Manifest, ManifestError
+from cyclediff.export.manifest import Manifest, ManifestError, sha256_files
 from cyclediff.export.models import MODEL_NAMES
 
 
@@ -30,13 +30,7 @@ def _has_tensorrt() -> bool:
 def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.device,
                  dtype: str = "fp32") -> dict[str, ModelRunner]:
     if backend == "onnxruntime":
-        if dtype != "fp32":
-            raise BackendError("backend 'onnxruntime' runs the fp32 ONNX files; for fp16 use backend='torch' or "
-                               "'tensorrt' (export with --trt)")
-        from cyclediff.engine.onnxruntime_backend import OrtModel
-
-        manifest.verify_files(folder, models=MODEL_NAMES)
-        return {n: OrtModel(folder / manifest.models[n].file, manifest.models[n].spec, device) for n in MODEL_NAMES}
+        return _ort_runners(folder, manifest, device, dtype)
     if backend == "torch":
         return _torch_runners(manifest, device, dtype)
     if backend == "tensorrt":
@@ -44,6 +38,36 @@ def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.d
 
         return load_plans(folder, manifest, device)
     raise BackendError(f"unknown backend {backend!r}")
+
+
+def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: str) -> dict[str, ModelRunner]:
+    from cyclediff.engine.onnxruntime_backend import OrtModel
+
+    manifest.verify_files(folder, models=MODEL_NAMES)
+    if dtype == "fp32":
+        return {n: OrtModel(folder / manifest.models[n].file, manifest.models[n].spec, device) for n in MODEL_NAMES}
+    fp16 = manifest.extra.get("fp16_onnx")
+    if not fp16:
+        raise BackendError(f"{folder} has no fp16 ONNX graphs; re-run `cyclediff-export ... --fp16` into it")
+    runners = {}
+    for n in MODEL_NAMES:
+        entry, spec = fp16[n], manifest.models[n].spec
+        files = [folder / entry["file"], *(folder / f for f in entry.get("data_files", []))]
+        if not all(f.is_file() for f in files) or sha256_files(files) != entry["sha256"]:
+            raise ManifestError(f"fp16 graph {entry['file']} is missing or changed; re-run `cyclediff-export --fp16`")
+        runners[n] = _guarded(OrtModel(files[0], spec, device), spec,
+                              lambda n=n, spec=spec: OrtModel(folder / manifest.models[n].file, spec, device))
+    return runners
+
+
+def _guarded(fp16: ModelRunner, spec, fp32_factory) -> ModelRunner:
+    """The VAE parts re-run in fp32 when fp16 output is non-finite (a known SD VAE failure); others as they are."""
+    from cyclediff.export.models import VAE_DECODER, VAE_ENCODER
+    from cyclediff.runtime.precision import GuardedRunner, OverflowGuard
+
+    if spec.name not in (VAE_ENCODER, VAE_DECODER):
+        return fp16
+    return GuardedRunner(fp16, fp32_factory, OverflowGuard(spec.name))
 
 
 def _torch_runners(manifest: Manifest, device: torch.device, dtype: str) -> dict[str, ModelRunner]:
@@ -68,15 +92,10 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str) -> dict
 
 
 def _fp16_runner(graph: torch.nn.Module, spec, device: torch.device) -> ModelRunner:
-    """fp16 model; the VAE parts keep an fp32 copy to re-run when fp16 overflows (a known SD VAE failure)."""
+    """fp16 model; the VAE parts keep an fp32 copy (on the CPU until needed) for the overflow re-run."""
     import copy
 
     from cyclediff.engine.torch_backend import TorchModel
-    from cyclediff.export.models import VAE_DECODER, VAE_ENCODER
-    from cyclediff.runtime.precision import GuardedRunner, OverflowGuard
 
-    if spec.name not in (VAE_ENCODER, VAE_DECODER):
-        return TorchModel(graph, spec, device, "fp16")
-    fp32_copy = copy.deepcopy(graph)  # on the CPU until first needed
-    return GuardedRunner(TorchModel(graph, spec, device, "fp16"), lambda: TorchModel(fp32_copy, spec, device),
-                         OverflowGuard(spec.name))
+    fp32_copy = copy.deepcopy(graph) if spec.name in ("vae_encoder", "vae_decoder") else None
+    return _guarded(TorchModel(graph, spec, device, "fp16"), spec, lambda: TorchModel(fp32_copy, spec, device))
