@@ -38,7 +38,7 @@ class DdimDecoder:
         bufs = self._buffers(b, lat, g, text)
         x = bufs["x"]
         x.copy_(x_T)
-        coefs = {n: getattr(table, n).to(x.device) for n in ("sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma")}
+        coefs = table.coefficients(x.device)
         for i in range(table.num_steps):
             self._step(i, table, coefs, bufs, noises, text, b, g)
             if callback is not None and i % callback_steps == 0:

@@ -57,7 +57,7 @@ class DpmEncoder:
         k = table.num_steps
         xs = self.pool.get("enc.xs", (k + 1, *x0.shape))
         n, tmp = self.pool.get("enc.n", tuple(x0.shape)), self.pool.get("enc.tmp", tuple(x0.shape))
-        c = _coefs(table, x0.device)
+        c = table.coefficients(x0.device)
         xs[0].copy_(x_T)
         for i in range(k):
             if not table.draws[i]:
@@ -127,12 +127,7 @@ class DpmEncoder:
         k = table.num_steps
         z = self.pool.get("enc.z", tuple(eps.shape))
         tmp = self.pool.get("enc.ztmp", tuple(eps.shape))
-        c = _coefs(table, xs.device)
+        c = table.coefficients(xs.device)
         ddim.recorded_noise(z, xs[1: k + 1], xs[:k], eps, _col(c["sqrt_a"]), _col(c["sqrt_b"]),
                             _col(c["sqrt_a_prev"]), _col(c["dir_coef"]), _col(c["sigma_den"]), tmp)
         return z
-
-
-def _coefs(table: StepTable, device: torch.device) -> dict[str, torch.Tensor]:
-    names = ("sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma", "sigma_den")
-    return {n: getattr(table, n).to(device) for n in names}

@@ -120,6 +120,9 @@ def num_edit_steps(num_inference_steps: int, strength: float) -> int:
     return min(int(num_inference_steps * strength), num_inference_steps)
 
 
+COEFFICIENTS = ("sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma", "sigma_den")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepTable:
     """Per-step float32 coefficients of one edit schedule, each shaped (K,), K = steps actually run.
@@ -144,6 +147,10 @@ class StepTable:
     @property
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
+
+    def coefficients(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The (K,) coefficient columns on `device`, by field name (what the DDIM functions take)."""
+        return {n: getattr(self, n).to(device) for n in COEFFICIENTS}
 
     @classmethod
     def build(cls, cfg: SchedulerConfig, num_inference_steps: int, strength: float, eta: float) -> "StepTable":
