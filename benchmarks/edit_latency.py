@@ -406,8 +406,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = with_diffusers_b(measure([c for c in cases if isinstance(c, Case)], s, args.interleave))
     print_rows(rows + skipped + [c for c in cases if isinstance(c, Row)])
     if not args.no_stages:
-        print_stages({e.backend: safe_stage_times(e, image, s) for e in engines})
+        stages = {e.backend: safe_stage_times(e, image, s) for e in engines}
+        print_stages(stages)
+        print_mfu(engines, stages, image, s)
     return 0
+
+
+def print_mfu(engines: list, stages: dict[str, dict[str, float]], image, s: Setup) -> None:
+    """MFU of the decoder step against a matmul peak measured now, on the same device and dtype."""
+    from mfu import matmul_peak_tflops, report, unet_step_tflop
+
+    counted = [e for e in engines if e.backend == "torch"]
+    if not counted:
+        return
+    d = counted[0].manifest.dims
+    hw = (image.size[1] // d.vae_scale, image.size[0] // d.vae_scale)
+    tflop = unet_step_tflop(counted[0], 2 if s.guidance_scale > 1 else 1, hw)
+    peak = matmul_peak_tflops(s.device, torch.float16 if s.dtype == "fp16" else torch.float32)
+    for e in engines:
+        step = stages.get(e.backend, {}).get("decoder, per step")
+        if tflop and step:
+            print(f"{e.backend:<12} " + report(step, tflop, peak))
 
 
 def load_engines(folder: Path, s: Setup, args) -> tuple[list, list[Row]]:
