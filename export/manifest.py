@@ -118,21 +118,25 @@ class Manifest:
         """Every referenced file exists and has the recorded hash; else ManifestError naming it."""
         for name, entry in self.models.items():
             if models is None or name in models:
-                _check(folder, [entry.file, *entry.data_files], entry.sha256, f"model {name}")
+                check_files(folder, [entry.file, *entry.data_files], entry.sha256, f"model {name}")
         for file, sha in self.tokenizer_files.items():
-            _check(folder, [f"{TOKENIZER_DIR}/{file}"], sha, "tokenizer file")
+            check_files(folder, [f"{TOKENIZER_DIR}/{file}"], sha, "tokenizer file")
 
     def save(self, folder: Path) -> None:
         atomic_write_text(folder / MANIFEST, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
 
-def _check(folder: Path, files: list[str], sha: str, what: str) -> None:
+def check_files(folder: Path, files: list[str], sha: str, what: str, fix: str = "") -> None:
+    """`files` (relative to folder, data files after the main one) exist and hash to `sha`; else ManifestError.
+
+    fix: the command that rebuilds them (default: re-run `cyclediff-export` into folder)."""
     paths = [folder / f for f in files]
     missing = [str(p) for p in paths if not p.is_file()]
+    fix = fix or f"re-run `cyclediff-export` into {folder}"
     if missing:
-        raise ManifestError(f"{what}: missing {', '.join(missing)}; re-run `cyclediff-export` into {folder}")
+        raise ManifestError(f"{what}: missing {', '.join(missing)}; {fix}")
     if sha256_files(paths) != sha:
-        raise ManifestError(f"{what}: {paths[0]} does not match its recorded hash (changed or truncated); re-export")
+        raise ManifestError(f"{what}: {paths[0]} does not match its recorded hash (changed or truncated); {fix}")
 
 
 def sha256_files(paths: list[Path]) -> str:

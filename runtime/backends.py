@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
-from cyclediff.export.manifest import Manifest, ManifestError, sha256_files
-from cyclediff.export.models import MODEL_NAMES
+from cyclediff.export.manifest import Manifest, ManifestError, check_files
+from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER
 
 
 def choose(backend: str, device: torch.device, manifest: Manifest) -> str:
@@ -52,20 +52,23 @@ def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: 
     runners = {}
     for n in MODEL_NAMES:
         entry, spec = fp16[n], manifest.models[n].spec
-        files = [folder / entry["file"], *(folder / f for f in entry.get("data_files", []))]
-        if not all(f.is_file() for f in files) or sha256_files(files) != entry["sha256"]:
-            raise ManifestError(f"fp16 graph {entry['file']} is missing or changed; re-run `cyclediff-export --fp16`")
-        runners[n] = _guarded(OrtModel(files[0], spec, device), spec,
+        check_files(folder, [entry["file"], *entry.get("data_files", [])], entry["sha256"], f"fp16 graph of {n}",
+                    fix="re-run `cyclediff-export ... --fp16` into it")
+        runners[n] = _guarded(OrtModel(folder / entry["file"], spec, device), spec,
                               lambda n=n, spec=spec: OrtModel(folder / manifest.models[n].file, spec, device))
     return runners
 
 
+def _overflows_in_fp16(spec) -> bool:
+    """The SD VAE is known to overflow to NaN in fp16 on some inputs: it gets an fp32 re-run."""
+    return spec.name in (VAE_ENCODER, VAE_DECODER)
+
+
 def _guarded(fp16: ModelRunner, spec, fp32_factory) -> ModelRunner:
-    """The VAE parts re-run in fp32 when fp16 output is non-finite (a known SD VAE failure); others as they are."""
-    from cyclediff.export.models import VAE_DECODER, VAE_ENCODER
+    """The VAE parts re-run in fp32 when fp16 output is non-finite; others run as they are."""
     from cyclediff.runtime.precision import GuardedRunner, OverflowGuard
 
-    if spec.name not in (VAE_ENCODER, VAE_DECODER):
+    if not _overflows_in_fp16(spec):
         return fp16
     return GuardedRunner(fp16, fp32_factory, OverflowGuard(spec.name))
 
@@ -97,5 +100,5 @@ def _fp16_runner(graph: torch.nn.Module, spec, device: torch.device) -> ModelRun
 
     from cyclediff.engine.torch_backend import TorchModel
 
-    fp32_copy = copy.deepcopy(graph) if spec.name in ("vae_encoder", "vae_decoder") else None
+    fp32_copy = copy.deepcopy(graph) if _overflows_in_fp16(spec) else None
     return _guarded(TorchModel(graph, spec, device, "fp16"), spec, lambda: TorchModel(fp32_copy, spec, device))

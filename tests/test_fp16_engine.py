@@ -42,3 +42,17 @@ def test_fp16_edit_is_close_to_fp32(fp16_export, backend):
 def test_fp16_without_fp16_graphs_says_how_to_export(exports):
     with pytest.raises(BackendError, match="--fp16"):
         Engine.load(exports("tiny"), backend="onnxruntime", dtype="fp16")
+
+
+def test_changed_fp16_graph_is_refused(fp16_export, tmp_path):
+    import json
+    import shutil
+
+    from cyclediff.export.manifest import ManifestError
+
+    copy = tmp_path / "export"
+    shutil.copytree(fp16_export, copy)
+    unet = copy / json.loads((copy / "manifest.json").read_text())["extra"]["fp16_onnx"]["unet"]["file"]
+    unet.write_bytes(unet.read_bytes()[:-16])  # truncated
+    with pytest.raises(ManifestError, match="fp16 graph of unet.*--fp16"):
+        Engine.load(copy, backend="onnxruntime", dtype="fp16")
