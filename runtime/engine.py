@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ class Engine:
         self.device = torch.device(config.device)
         self.runners = runners
         self.scheduler = SchedulerConfig.from_json(manifest.scheduler)
+        # Tables are immutable and a repeat decode asks for the same one: build each (steps, strength, eta) once.
+        self._table = functools.lru_cache(maxsize=32)(functools.partial(StepTable.build, self.scheduler))
         self.pool = BufferPool(self.device)
         self.prompts = PromptEncoder(folder / TOKENIZER_DIR, runners[TEXT_ENCODER], self.device,
                                      manifest.dims.text_states)
@@ -83,7 +86,7 @@ class Engine:
         return self._encode(prepared, plan, params, generator, clip_skip, guided=source_guidance_scale != 1)
 
     def _encode(self, prepared, plan: BatchPlan, params: EditParams, generator, clip_skip, guided: bool):
-        table = StepTable.build(self.scheduler, params.num_inference_steps, params.strength, params.eta)
+        table = self._table(params.num_inference_steps, params.strength, params.eta)
         noise = NoiseSource(generator, plan.batch, self.device)
         x0 = self._clean_latents(prepared, plan, noise)
         x_T = self.encoder.noised(x0, table, noise)
@@ -159,7 +162,7 @@ class Engine:
         if plan.batch != code.batch:
             raise LatentCodeError(f"{plan.batch} target prompts for a code of {code.batch} images; pass one "
                                   f"prompt or {code.batch}")
-        table = StepTable.build(self.scheduler, code.num_inference_steps, code.strength, code.eta)
+        table = self._table(code.num_inference_steps, code.strength, code.eta)
         text = self._target_text(plan, prompt_embeds, guidance_scale, clip_skip)
         with self._bar(table.num_steps, "decode") as bar:
             latents = self.decoder.run(code.x_T.to(self.device), code.noises.to(self.device) if code.eta > 0
