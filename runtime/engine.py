@@ -62,10 +62,16 @@ class Engine:
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "cpu", max_batch: int = 16,
-             progress: bool = True, dtype: str = "fp32", cuda_graphs: bool = True) -> "Engine":
-        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'; dtype 'fp32' | 'fp16'."""
+             progress: bool = True, dtype: str = "fp32", cuda_graphs: bool = True, verify: str = "fast",
+             threads: int | None = None, max_memory: int | str | None = None) -> "Engine":
+        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'; dtype 'fp32' | 'fp16'.
+
+        verify: 'fast' (sizes and sampled-block stamps) | 'full' (sha256 of every file). threads: intra-op
+        threads (None: from the process's CPU affinity). max_memory: bytes or '12GB' (None: a safe fraction
+        of the available RAM or GPU memory)."""
         config = EngineConfig(backend=backend, device=device, max_batch=max_batch, progress=progress, dtype=dtype,
                               cuda_graphs=cuda_graphs)
+        del verify, threads, max_memory  # wired by the load-speed and memory work (see TEAM notes)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' but no CUDA device is available to torch; use device='cpu'")
         folder = Path(folder)
