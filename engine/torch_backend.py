@@ -1,7 +1,7 @@
 """PyTorch backend: runs the checkpoint's own modules (the export wrappers) eagerly, fp32 or fp16."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

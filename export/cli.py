@@ -13,6 +13,8 @@ examples:
   cyclediff-export --ckpt v1-5.safetensors --config ~/models/sd15 --out out/v15
                                                               # single file; --config gives configs + tokenizer
 
+  cyclediff-export --verify out/sd14                          # sha256 of every file the manifest records
+
 Re-running into the same --out reuses every model whose file is unchanged (see .export-state.json);
 another checkpoint replaces the folder's contents. manifest.json is written last: a folder whose export
 did not finish is refused by every runtime until the export is re-run.
@@ -24,10 +26,13 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a Stable Diffusion v1.x checkpoint to verified ONNX models + manifest.json.",
     )
-    p.add_argument("--ckpt", required=True, metavar="CKPT",
+    p.add_argument("--ckpt", metavar="CKPT",
                    help="diffusers folder, .safetensors/.ckpt file, hub id (owner/name, from the local HF cache), "
                         "alias (sd-v1-4, sd-v1-5) or built-in (tiny, tiny-deep, tiny-trailing)")
-    p.add_argument("--out", required=True, metavar="DIR", help="export folder (created; reused on re-runs)")
+    p.add_argument("--out", metavar="DIR", help="export folder (created; reused on re-runs)")
+    p.add_argument("--verify", metavar="DIR",
+                   help="instead of exporting: check every file of export DIR against its recorded sha256 (reads "
+                        "every byte; a load only compares sizes and sampled blocks)")
     p.add_argument("--config", metavar="DIR_OR_ID",
                    help="single-file checkpoints only: diffusers folder or hub id of the same architecture")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default: 18)")
@@ -50,21 +55,30 @@ def parser() -> argparse.ArgumentParser:
     trt.add_argument("--no-guidance", action="store_true", help="plans for guidance_scale <= 1 (decoder batch B)")
     trt.add_argument("--max-batch", type=int, default=16, help="the Engine's encoder chunk (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages; errors only")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own warnings (onnxruntime, transformers, diffusers)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.verify:
+        return _verify(args.verify, args.quiet)
+    if not args.ckpt or not args.out:
+        p.error("--ckpt and --out are required (or --verify DIR)")
+    from cyclediff.runtime import verbosity  # one line per real problem; --verbose: the libraries' warnings too
+
+    verbosity.configure(PROG, args.verbose)
     # Imported after parsing so that --help answers without loading torch.
     from cyclediff.export.onnx_export import ExportError, ExportSettings
     from cyclediff.export.pipeline import exporter_order, run
-
     from cyclediff.export.plan_cache import TensorRTUnavailable
 
     try:
         build_trt = _want_tensorrt(args.trt)  # fails fast when --trt is asked for without TensorRT or a GPU
         settings = ExportSettings(opset=args.opset, exporters=exporter_order(args.exporter),
-                                  trace_size=args.trace_size)
+                                  trace_size=args.trace_size, ort_attention=not build_trt)
         report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
                      force=args.force, torchscript=args.torchscript, fp16=args.fp16)
         if build_trt:
@@ -110,6 +124,26 @@ def _build_plans(args: argparse.Namespace, manifest) -> None:
                         encoder_chunk=args.max_batch)
     say = (lambda _msg: None) if args.quiet else print
     build_all(Path(args.out), manifest, workload, say=say).save(Path(args.out))
+
+
+def _verify(folder: str, quiet: bool) -> int:
+    """The full integrity check: 0 when every recorded file matches, 1 naming the first that does not."""
+    from pathlib import Path
+
+    from cyclediff.export.integrity import verify_all
+    from cyclediff.export.manifest import Manifest, ManifestError
+
+    try:
+        manifest = Manifest.load(folder, verify_files=False)
+        groups = verify_all(Path(folder), manifest)
+    except ManifestError as err:
+        return _fail(err, 1)
+    except OSError as err:
+        return _fail(err, 1)
+    if not quiet:
+        files = sum(len(g.files) for g in groups)
+        print(f"verified {folder}: {files} files ({len(groups)} groups) match their recorded sha256")
+    return 0
 
 
 def _fail(err: object, code: int) -> int:

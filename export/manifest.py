@@ -34,7 +34,7 @@ class ModelEntry:
         return {"file": self.file, "sha256": self.sha256, "data_files": list(self.data_files), **io}
 
     @classmethod
-    def from_json(cls, name: str, d: dict[str, Any]) -> "ModelEntry":
+    def from_json(cls, name: str, d: dict[str, Any]) -> ModelEntry:
         def tensors(key: str) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d[key])
 
@@ -72,7 +72,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ManifestError(
@@ -101,7 +101,7 @@ class Manifest:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
 
     @classmethod
-    def load(cls, folder: str | Path, verify_files: bool = True) -> "Manifest":
+    def load(cls, folder: str | Path, verify_files: bool = True) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
@@ -136,7 +136,9 @@ def check_files(folder: Path, files: list[str], sha: str, what: str, fix: str = 
     if missing:
         raise ManifestError(f"{what}: missing {', '.join(missing)}; {fix}")
     if sha256_files(paths) != sha:
-        raise ManifestError(f"{what}: {paths[0]} does not match its recorded hash (changed or truncated); {fix}")
+        # One hash covers a graph and its external data: name them all, any of them may be the changed one.
+        name = " + ".join([str(paths[0]), *(p.name for p in paths[1:])])
+        raise ManifestError(f"{what}: {name} does not match its recorded hash (changed or truncated); {fix}")
 
 
 def sha256_files(paths: list[Path]) -> str:

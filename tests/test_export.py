@@ -58,7 +58,9 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
         assert entry.sha256 == sha256_files([out / entry.file])
         assert entry.spec == models.specs(dims)[name]
     assert set(m.tokenizer_files) >= {"tokenizer_config.json"}
-    assert _files(out) == {MANIFEST, STATE, *(f"{n}.onnx" for n in ALL), *(f"tokenizer/{f}" for f in m.tokenizer_files)}
+    ort = {f for e in m.extra["ort_optimized"]["graphs"] for f in (e["file"], *e["data_files"])}  # ort_cache.py
+    assert _files(out) == {MANIFEST, STATE, *(f"{n}.onnx" for n in ALL), *(f"tokenizer/{f}" for f in m.tokenizer_files),
+                           *ort}
 
 
 def test_graphs_carry_opset_and_declared_io_shapes(first):
