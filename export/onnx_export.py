@@ -34,6 +34,9 @@ class ExportSettings:
     trace_size: int | None = None  # latent side for tracing; None: 2x the UNet's downsampling factor
     # Protobuf caps a single file at 2 GiB; above this the weights go to one <name>.onnx.data file.
     external_data_bytes: int = 1_800_000_000
+    # UNet attention fused by ONNX Runtime's optimizer into MultiHeadAttention (export/ort_optimize.py): no
+    # (T, T) scores, but com.microsoft ops that only ONNX Runtime runs; off for graphs TensorRT will parse.
+    ort_attention: bool = True
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:

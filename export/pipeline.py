@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export import checkpoint, models
+from cyclediff.export import checkpoint, integrity, models
 from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
 from cyclediff.export.progress import Progress, quiet_libraries
@@ -110,10 +110,12 @@ class _Run:
                 reused.append(name)
         with self.progress.step("copy tokenizer"):
             tokenizer_files = _install_tokenizer(self.comps.tokenizer, self.out)
-        extra = {**(self._torchscript() if torchscript else {}), **(self._fp16(records) if fp16 else {})}
+        extra = {**(self._torchscript() if torchscript else {}), **(self._fp16(records) if fp16 else {}),
+                 **self._memory_extra(records)}
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
+            manifest = integrity.for_fast_load(self.out, manifest, self.ref)  # ORT-optimized graphs, file stamps
             manifest.verify_files(self.out)
             manifest.save(self.out)  # last: from here on the folder loads
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
@@ -164,6 +166,7 @@ class _Run:
                 with self.progress.step(f"export {name}"):
                     files = export_onnx(exporter, self.graphs[name], self.specs[name], self.dims, staging,
                                         self.settings, self.trace_hw)
+                    files = self._ort_attention(name, files)
                 with self.progress.step(f"verify {name}"):
                     parity = self._verify(name, files[0])
             except Exception as err:  # noqa: BLE001 -- torch's exporters raise anything; try the next one
@@ -177,6 +180,29 @@ class _Run:
             rel = tuple(str(f.relative_to(staging)) for f in files)
             return ModelRecord(key, rel, sha256_files(files), exporter, parity.to_json())
         raise ExportError(f"could not export {name}:\n  " + "\n  ".join(failures))
+
+    def _ort_attention(self, name: str, files: list[Path]) -> list[Path]:
+        """The UNet with ONNX Runtime's fused, non-materializing attention (export/ort_optimize.py), verified
+        like any graph after this; the unfused graph, with a message, if the optimizer cannot fuse it."""
+        if name != models.UNET or not self.settings.ort_attention:
+            return files
+        from cyclediff.export import ort_optimize
+
+        try:
+            return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
+        except Exception as err:  # noqa: BLE001 -- the optimizer's pattern matchers raise anything
+            self.progress.write(f"{name}: ONNX Runtime's attention fusion failed ({_first_line(err)}); keeping "
+                                "the unfused graph, whose attention holds all (T, T) scores")
+            return files
+
+    def _memory_extra(self, records: dict[str, ModelRecord]) -> dict[str, Any]:
+        """What runtime/memory_plan.py reads: the architecture sizes and whether the UNet's attention is fused."""
+        from cyclediff.export import ort_optimize
+        from cyclediff.runtime.memory_plan import ArchProfile
+
+        fused = ort_optimize.summary(self.out / records[models.UNET].files[0])
+        return {"ort_attention": {models.UNET: fused},
+                "memory_profile": ArchProfile.of(self.comps.unet.config, self.comps.vae.config).to_json()}
 
     def _verify(self, name: str, path: Path) -> Parity:
         check_graph(path)
@@ -291,10 +317,13 @@ def _code_identity() -> dict[str, str]:
     from cyclediff.export import onnx_export
 
     h = hashlib.sha256()
-    for module in (models, onnx_export):
+    from cyclediff.export import ort_optimize
+
+    for module in (models, onnx_export, ort_optimize):
         h.update(Path(module.__file__).read_bytes())
     tools = _tools()
-    return {"cyclediff": tools["cyclediff"], "torch": tools["torch"], "onnx": tools["onnx"], "code": h.hexdigest()}
+    return {"cyclediff": tools["cyclediff"], "torch": tools["torch"], "onnx": tools["onnx"],
+            "onnxruntime": tools["onnxruntime"], "code": h.hexdigest()}
 
 
 def _config_identity(ref: checkpoint.CheckpointRef) -> str:

@@ -61,7 +61,9 @@ def test_normalisations_and_softmax_stay_fp32(converted, name):
     model = onnx.load(str(converted[name][1]))
     types = fp16.value_types(model)
     kept = [n for n in model.graph.node if n.op_type in fp16.KEEP_FP32_OPS]
-    assert {n.op_type for n in kept} >= {"InstanceNormalization", "Softmax"}
+    # A UNet exported with fused attention (export/ort_optimize.py) has its softmax inside MultiHeadAttention.
+    fused = any(n.op_type == "MultiHeadAttention" for n in model.graph.node)
+    assert {n.op_type for n in kept} >= {"InstanceNormalization"} | (set() if fused else {"Softmax"})
     for node in kept:
         float_io = [types.get(t) for t in (*node.input, *node.output) if t and types.get(t) in (FLOAT, HALF)]
         assert float_io and set(float_io) == {FLOAT}, (node.op_type, node.name)
