@@ -1,8 +1,9 @@
 """ONNX Runtime backend: runs the exported .onnx files with I/O bound straight to the runtime's tensors."""
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -26,15 +27,60 @@ def providers(device: torch.device) -> list[str]:
     return ["CUDAExecutionProvider"]
 
 
+def session_options(optimized: bool, threads: int | None, cpu: bool = True):
+    """optimized: the graph was saved by ONNX Runtime at ORT_ENABLE_ALL (export/ort_cache.py), so loading it
+    skips optimization. threads: intra-op threads of this session (None: ONNX Runtime's own default).
+    cpu: the session runs on the CPU provider (its activations then come from the process's shared arena)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_DISABLE_ALL if optimized else level.ORT_ENABLE_ALL
+    if cpu:
+        # One CPU arena for every session of the process, not one each: a session's own arena keeps its largest
+        # run's activations for the session's life, so the UNet's held the encoder chunk's peak while the VAE
+        # decoder's added ~1 GB on top (SD v1.4, 512²). Shared, the phases reuse the same blocks.
+        _register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    if threads is not None:
+        # Our graphs run sequentially, so one inter-op thread; idle workers sleep instead of spinning, so that the
+        # four sessions (and other Engines or processes) do not take cores from the one that is running.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+_ARENA_LOCK = threading.Lock()
+_arena_registered = False
+
+
+def _register_shared_cpu_arena() -> None:
+    """Register, once per process, the CPU arena that sessions with session.use_env_allocators share.
+
+    Extended by what each allocation asks (strategy 1, kSameAsRequested), not in doublings, so it holds the
+    largest phase's activations and little more."""
+    global _arena_registered
+    import onnxruntime as ort
+
+    with _ARENA_LOCK:
+        if _arena_registered:
+            return
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        config = ort.OrtArenaCfg({"arena_extend_strategy": 1})
+        ort.create_and_register_allocator(info, config)
+        _arena_registered = True
+
+
 class OrtModel(ModelRunner):
-    def __init__(self, path: Path, spec: ModelSpec, device: torch.device):
+    def __init__(self, path: Path, spec: ModelSpec, device: torch.device, optimized: bool = False,
+                 threads: int | None = None):
         super().__init__(spec)
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(optimized, threads, cpu=device.type == "cpu")
         self.session = ort.InferenceSession(str(path), options, providers=providers(device))
-        self.device = device
+        self.device, self.path, self.optimized = device, path, optimized
 
     def __call__(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
         self.check(feeds)

@@ -1,12 +1,16 @@
 """Build the four model runners of an export directory for one backend and device."""
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from pathlib import Path
 
 import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
-from cyclediff.export.manifest import Manifest, ManifestError, check_files
+from cyclediff.export import integrity, ort_cache
+from cyclediff.export.integrity import FileGroup
+from cyclediff.export.manifest import Manifest, ManifestError
 from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER
 
 
@@ -27,12 +31,28 @@ def _has_tensorrt() -> bool:
     return hasattr(tensorrt, "Runtime")  # the stub-only package imports too, but has no runtime
 
 
-def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.device,
-                 dtype: str = "fp32") -> dict[str, ModelRunner]:
+def threads_for(threads: int | None) -> int:
+    """Intra-op threads: as asked, or one per core this process may run on (its CPU affinity, which containers
+    and `taskset` narrow; os.cpu_count() would count the whole machine and oversubscribe), and no more than
+    the process already asked torch for (OMP_NUM_THREADS, an earlier torch.set_num_threads)."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores, torch.get_num_threads()))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+    return threads
+
+
+def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.device, dtype: str = "fp32",
+                 verify: str = "fast", threads: int | None = None) -> dict[str, ModelRunner]:
+    """verify: 'fast' (sizes + sampled-block stamps) | 'full' (sha256 of every byte read); see export/integrity.py.
+    threads: see threads_for; the torch backend sets torch's process-wide count (torch.set_num_threads)."""
+    integrity.check_mode(verify)
+    threads = threads_for(threads)
     if backend == "onnxruntime":
-        return _ort_runners(folder, manifest, device, dtype)
+        return _ort_runners(folder, manifest, device, dtype, verify, threads)
     if backend == "torch":
-        return _torch_runners(manifest, device, dtype)
+        return _torch_runners(manifest, device, dtype, verify, threads)
     if backend == "tensorrt":
         from cyclediff.engine.tensorrt_backend import load_plans
 
@@ -40,23 +60,54 @@ def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.d
     raise BackendError(f"unknown backend {backend!r}")
 
 
-def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: str) -> dict[str, ModelRunner]:
-    from cyclediff.engine.onnxruntime_backend import OrtModel
+def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: str, verify: str,
+                 threads: int) -> dict[str, ModelRunner]:
+    from cyclediff.engine.onnxruntime_backend import providers
 
-    manifest.verify_files(folder, models=MODEL_NAMES)
+    target = ort_cache.OrtTarget.here(tuple(providers(device)))
+
+    def fp32(n: str) -> ModelRunner:
+        entry = manifest.models[n]
+        integrity.check(folder, manifest, FileGroup(f"model {n}", (entry.file, *entry.data_files), entry.sha256),
+                        verify)
+        return _ort_model(folder, manifest, entry.file, entry.sha256, entry.spec, device, target, verify, threads)
+
     if dtype == "fp32":
-        return {n: OrtModel(folder / manifest.models[n].file, manifest.models[n].spec, device) for n in MODEL_NAMES}
+        return _in_parallel(fp32)
     fp16 = manifest.extra.get("fp16_onnx")
     if not fp16:
         raise BackendError(f"{folder} has no fp16 ONNX graphs; re-run `cyclediff-export ... --fp16` into it")
     runners = {}
     for n in MODEL_NAMES:
         entry, spec = fp16[n], manifest.models[n].spec
-        check_files(folder, [entry["file"], *entry.get("data_files", [])], entry["sha256"], f"fp16 graph of {n}",
-                    fix="re-run `cyclediff-export ... --fp16` into it")
-        runners[n] = _guarded(OrtModel(folder / entry["file"], spec, device), spec,
-                              lambda n=n, spec=spec: OrtModel(folder / manifest.models[n].file, spec, device))
+        group = FileGroup(f"fp16 graph of {n}", (entry["file"], *entry.get("data_files", [])), entry["sha256"])
+        integrity.check(folder, manifest, group, verify, fix="re-run `cyclediff-export ... --fp16` into it")
+        model = _ort_model(folder, manifest, entry["file"], entry["sha256"], spec, device, target, verify, threads)
+        runners[n] = _guarded(model, spec, lambda n=n: fp32(n))
     return runners
+
+
+def _in_parallel(make) -> dict[str, ModelRunner]:
+    """make(name) for every model at once: ONNX Runtime releases the GIL while it builds a session (prepacking
+    the UNet's MatMul weights is most of a load), so the four overlap; the first error is raised as it is."""
+    with concurrent.futures.ThreadPoolExecutor(len(MODEL_NAMES)) as pool:
+        futures = {n: pool.submit(make, n) for n in MODEL_NAMES}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def _ort_model(folder: Path, manifest: Manifest, file: str, sha256: str, spec, device: torch.device,
+               target, verify: str, threads: int) -> ModelRunner:
+    """The graph ONNX Runtime optimized at export for this target when there is one (opened with optimization
+    off), else the exported graph, optimized in memory."""
+    from cyclediff.engine.onnxruntime_backend import OrtModel
+
+    saved = ort_cache.lookup(manifest, sha256, target)
+    if saved is None:
+        return OrtModel(folder / file, spec, device, threads=threads)
+    group = FileGroup(f"ONNX Runtime-optimized graph of {spec.name}", (saved["file"], *saved["data_files"]),
+                      saved["sha256"])
+    integrity.check(folder, manifest, group, verify)
+    return OrtModel(folder / saved["file"], spec, device, optimized=True, threads=threads)
 
 
 def _overflows_in_fp16(spec) -> bool:
@@ -73,8 +124,11 @@ def _guarded(fp16: ModelRunner, spec, fp32_factory) -> ModelRunner:
     return GuardedRunner(fp16, fp32_factory, OverflowGuard(spec.name))
 
 
-def _torch_runners(manifest: Manifest, device: torch.device, dtype: str) -> dict[str, ModelRunner]:
-    """The checkpoint's own modules, from the location the manifest records, refused if its bytes changed."""
+def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify: str,
+                   threads: int) -> dict[str, ModelRunner]:
+    """The checkpoint's own modules, from the location the manifest records, refused if its bytes changed.
+
+    threads: torch.set_num_threads is process-wide, so the last Engine loaded sets it for every torch user."""
     from cyclediff.engine.torch_backend import TorchModel
     from cyclediff.export import checkpoint, models, tiny
 
@@ -85,20 +139,23 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str) -> dict
     if not ref.path.exists():
         raise ManifestError(f"backend 'torch' needs the checkpoint at {ref.path}, which is gone; restore it or "
                             "use backend='onnxruntime'")
-    if checkpoint.content_hash(ref) != rec["content_hash"]:
-        raise ManifestError(f"checkpoint {ref.path} changed since this export (content hash differs); "
-                            "re-run `cyclediff-export` or use backend='onnxruntime'")
+    integrity.check_checkpoint(ref, manifest, verify, "re-run `cyclediff-export` or use backend='onnxruntime'")
+    torch.set_num_threads(threads)
     graphs = models.graphs(checkpoint.load(ref))
     if dtype == "fp32":
         return {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
-    return {n: _fp16_runner(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+    return fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device)
 
 
-def _fp16_runner(graph: torch.nn.Module, spec, device: torch.device) -> ModelRunner:
-    """fp16 model; the VAE parts keep an fp32 copy (on the CPU until needed) for the overflow re-run."""
+def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device) -> dict[str, ModelRunner]:
+    """fp16 models; the VAE parts keep an fp32 copy (on the CPU until needed) for the overflow re-run.
+
+    The VAE encoder and decoder wrap ONE module and TorchModel converts in place, so every fp32 copy is made
+    before any module is converted, in one deepcopy (its memo keeps the two wrappers on one copied VAE)."""
     import copy
 
     from cyclediff.engine.torch_backend import TorchModel
 
-    fp32_copy = copy.deepcopy(graph) if _overflows_in_fp16(spec) else None
-    return _guarded(TorchModel(graph, spec, device, "fp16"), spec, lambda: TorchModel(fp32_copy, spec, device))
+    fp32 = copy.deepcopy({n: graphs[n] for n in MODEL_NAMES if _overflows_in_fp16(specs[n])})
+    return {n: _guarded(TorchModel(graphs[n], specs[n], device, "fp16"), specs[n],
+                        lambda n=n: TorchModel(fp32[n], specs[n], device)) for n in MODEL_NAMES}

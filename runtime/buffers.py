@@ -22,11 +22,11 @@ class BufferPool:
         return len(self._buffers)
 
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+        return sum(b.numel() * b.element_size() for b in list(self._buffers.values()))
 
     def report(self) -> dict[str, int]:
         """Bytes per buffer name, summed over shapes."""
         out: dict[str, int] = {}
-        for (name, _, _), b in self._buffers.items():
+        for (name, _, _), b in list(self._buffers.items()):  # a snapshot: another thread may be adding
             out[name] = out.get(name, 0) + b.numel() * b.element_size()
         return out

@@ -19,7 +19,13 @@ class EngineConfig:
     # noises and all scheduler math stay fp32 whatever this says. Meant for CUDA; on the CPU it is slow and
     # serves to check fp16 fidelity without a GPU.
     dtype: str = "fp32"
-    cuda_graphs: bool = True  # capture the decoder step on CUDA (torch and TensorRT backends)
+    cuda_graphs: bool = True  # capture the UNet calls on CUDA (torch and TensorRT backends)
+    # Cross-request batching: how long a batch may wait for other in-flight calls' UNet jobs (ms), and how
+    # many calls may be in flight at once (each holds its own step buffers; more callers wait for a slot).
+    batch_wait_ms: float = 5.0
+    max_concurrency: int = 8
+    # Working-memory budget (bytes, or "12GB"/"512MiB"); None: a safe fraction of the available RAM or GPU memory.
+    max_memory: int | str | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -30,6 +36,13 @@ class EngineConfig:
             raise ValueError(f"dtype must be 'fp32' or 'fp16', got {self.dtype!r}")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int) \
+                or self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
+        if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) \
+                or not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch_wait_ms must be a number of milliseconds in [0, 1000], got "
+                             f"{self.batch_wait_ms!r}")
 
 
 @dataclasses.dataclass(frozen=True)

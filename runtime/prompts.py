@@ -3,47 +3,55 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from pathlib import Path
 
 import torch
 
 from cyclediff.engine.base import ModelRunner
+from cyclediff.runtime.tokenizer import ClipTokenizer
 
 log = logging.getLogger("cyclediff")
 _CACHE_SIZE = 64
 
 
 class PromptEncoder:
-    """Owns the tokenizer and the text-encoder runner; caches embeddings per (prompt, clip_skip)."""
+    """Owns the tokenizer and the text-encoder runner; caches embeddings per (prompt, clip_skip).
+
+    Locking rule: `_lock` is held for the whole of `encode` (tokenizer, cache and the text-encoder call), so
+    concurrent callers never see a half-updated cache and a prompt is encoded once.
+    """
 
     def __init__(self, tokenizer_dir: Path, runner: ModelRunner, device: torch.device, text_states: int):
-        from transformers import CLIPTokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+        self.tokenizer = ClipTokenizer(tokenizer_dir)
         self.runner = runner
         self.device = device
         self.text_states = text_states
         # Serving repeats prompts ("" every call); a bounded LRU keeps memory flat.
         self._cache: collections.OrderedDict[tuple[str, int | None], torch.Tensor] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
         """(B, 77) int64, padded to max length, truncated with the warning diffusers gives."""
         tok = self.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        full = tok(prompts, padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > ids.shape[-1]:
-            removed = tok.batch_decode(full[:, tok.model_max_length - 1: -1])
-            log.warning(
-                "The following part of your input was truncated because CLIP can only handle sequences up to "
-                "%d tokens: %s", tok.model_max_length, removed,
-            )
-        return ids
+        n = tok.model_max_length
+        whole = tok.whole(prompts)
+        # One short line per cut prompt (not the whole prompt, which may be a paragraph): where the cut is.
+        for prompt, ids in dict(zip(prompts, whole)).items():
+            dropped = ids[n - 1: -1]
+            if dropped:
+                log.warning('prompt truncated to the %d tokens CLIP reads: %d tokens dropped, from "%s..."',
+                            n, len(dropped), tok.decode(dropped[:8]).strip())
+        return tok.ids(prompts, whole)
 
     def encode(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
         """(B, 77, D) float32 on the device; clip_skip=k takes hidden state -(k+1) through the final norm."""
         if clip_skip is not None and not 0 <= clip_skip < self.text_states - 1:
             raise ValueError(f"clip_skip must be in [0, {self.text_states - 2}] for this text encoder, got {clip_skip}")
+        with self._lock:
+            return self._encode_locked(prompts, clip_skip)
+
+    def _encode_locked(self, prompts: list[str], clip_skip: int | None) -> torch.Tensor:
         missing = [p for p in dict.fromkeys(prompts) if (p, clip_skip) not in self._cache]
         if missing:
             states = self._run(self.token_ids(missing))  # (M, L+1, 77, D)

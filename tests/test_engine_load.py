@@ -64,6 +64,6 @@ def test_buffers_are_allocated_once_per_shape(exports):
     engine = Engine.load(exports("tiny"), backend="onnxruntime", progress=False)
     image = sample_image(engine.manifest.sample_size)
     engine.edit("a cat", "a dog", image, num_inference_steps=5, output_type="np")
-    count, report = engine.pool.allocations, engine.memory_report()
+    count, report = engine.workspaces.allocations, engine.memory_report()
     engine.edit("a bird", "a dog", image, num_inference_steps=5, guidance_scale=3.0, output_type="np")
-    assert engine.pool.allocations == count and report["total"] > 0 and report["total"] == engine.memory_report()["total"]
+    assert engine.workspaces.allocations == count and report["total"] > 0 and report["total"] == engine.memory_report()["total"]

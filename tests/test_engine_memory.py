@@ -1,0 +1,36 @@
+"""The Engine plans memory before work: calls over the budget are refused before anything is allocated."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cyclediff import Engine
+from cyclediff.runtime.memory_plan import MemoryBudgetError
+from reference import sample_image
+
+
+def test_a_call_over_the_budget_is_refused_before_allocating(exports):
+    engine = Engine.load(exports("tiny"), backend="onnxruntime", progress=False, max_memory="2MB")
+    with pytest.raises(MemoryBudgetError, match="max_memory"):
+        engine.edit("a cat", "a dog", sample_image(engine.manifest.sample_size), num_inference_steps=5)
+    assert engine.workspaces.allocations == 0 and engine.dispatcher.stats["unet_calls"] == 0
+
+
+def test_the_encoder_chunk_follows_the_budget(exports):
+    """A budget that fits a few UNet samples but not max_batch: the plan's chunk is smaller, results equal."""
+    roomy = Engine.load(exports("tiny"), backend="onnxruntime", progress=False)
+    per = roomy.planner.chunk_sample_bytes(16, 16)
+    plan = roomy.memory_plan(num_inference_steps=10)
+    tight_budget = plan["peak"] - plan["encoder_unet"] + 3 * per
+    tight = Engine.load(exports("tiny"), backend="onnxruntime", progress=False, max_memory=tight_budget)
+    assert 1 <= tight.memory_plan(num_inference_steps=10)["chunk"] < plan["chunk"]
+    image = sample_image(roomy.manifest.sample_size)
+    a, b = (e.encode(image, "a dog", num_inference_steps=10, source_guidance_scale=2.0,
+                     generator=torch.Generator().manual_seed(0)) for e in (roomy, tight))
+    torch.testing.assert_close(a.noises, b.noises, rtol=0, atol=1e-5)
+
+
+def test_memory_report_shows_the_plan(exports):
+    engine = Engine.load(exports("tiny"), backend="onnxruntime", progress=False)
+    plan = engine.memory_report()["plan"]
+    assert plan["fits"] and plan["peak"] <= plan["budget"] and plan["chunk"] >= 1
