@@ -78,8 +78,8 @@ def _hub_snapshot(repo_id: str) -> Path:
     except Exception as err:  # offline and not cached: huggingface_hub raises several types
         raise CheckpointError(
             f"hub checkpoint {repo_id} is not in the local Hugging Face cache and this machine is offline.\n"
-            f"  fix: on a machine with internet run `huggingface-cli download {repo_id}` (copy the cache here), "
-            f"or pass a local diffusers folder with --ckpt DIR"
+            f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
+            f"cache here), or pass a local diffusers folder with --ckpt DIR"
         ) from err
 
 
@@ -123,12 +123,14 @@ def _load_folder(path: Path) -> Components:
     for component in _COMPONENTS:
         if not (path / component).is_dir():
             raise CheckpointError(f"{path} has no {component}/ folder: not a complete SD v1.x diffusers checkpoint")
+    # Said explicitly, diffusers' low_cpu_mem_usage default needs `accelerate` and warns twice when it is missing.
     kw = {"torch_dtype": torch.float32}
+    diffusers_kw = {**kw, "low_cpu_mem_usage": _have_accelerate()}
     return Components(
         text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **kw).eval(),
         tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw).eval(),
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw).eval(),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **diffusers_kw).eval(),
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **diffusers_kw).eval(),
         scheduler_config=json.loads((path / "scheduler" / "scheduler_config.json").read_text()),
     )
 
@@ -143,11 +145,8 @@ def _load_single_file(ref: CheckpointRef) -> Components:
     try:
         pipe = StableDiffusionPipeline.from_single_file(str(ref.path), local_files_only=True, **kw)
     except Exception as err:
-        raise CheckpointError(
-            f"could not load single-file checkpoint {ref.path}: {err}\n"
-            "  fix: pass --config with a diffusers folder of the same architecture (it supplies the configs and "
-            "tokenizer offline), or convert the file to a diffusers folder"
-        ) from err
+        raise CheckpointError(f"could not load single-file checkpoint {ref.path}: {err}\n  fix: "
+                              f"{_single_file_fix(ref.config)}") from err
     return Components(
         text_encoder=pipe.text_encoder.eval(),
         tokenizer=pipe.tokenizer,
@@ -155,6 +154,21 @@ def _load_single_file(ref: CheckpointRef) -> Components:
         vae=pipe.vae.eval(),
         scheduler_config=dict(pipe.scheduler.config),
     )
+
+
+def _have_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _single_file_fix(config: str | None) -> str:
+    if config is None:
+        return ("pass --config with a diffusers folder of the same architecture (it supplies the configs and "
+                "tokenizer offline), or convert the file to a diffusers folder")
+    return (f"check that --config {config} is a diffusers folder (or a cached hub id) of the same architecture "
+            "as the file, with model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/; or "
+            "convert the file to a diffusers folder")
 
 
 def validate(comps: Components) -> None:

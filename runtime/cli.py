@@ -6,19 +6,22 @@ import dataclasses
 import io
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import PIL.features
 import PIL.Image
 import PIL.ImageOps
 
+from cyclediff.runtime import verbosity
 from cyclediff.runtime.config import BACKENDS, PRESETS, EditParams
+from cyclediff.runtime.outputs import OutputSet
 
 PROG = "cyclediff-run"
 SAMPLE = "sample"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # argparse dest -> EditParams field; these flags default to None so that a --preset fills only what is unset.
-_PARAM_FLAGS = {"strength": "strength", "steps": "num_inference_steps", "guidance_scale": "guidance_scale",
+PARAM_FLAGS = {"strength": "strength", "steps": "num_inference_steps", "guidance_scale": "guidance_scale",
                 "source_guidance_scale": "source_guidance_scale", "eta": "eta"}
 
 EXAMPLE = """\
@@ -31,7 +34,22 @@ example:
 output naming:
   one --prompt writes exactly OUT; N prompts write OUT's stem + "_0" ... "_{N-1}" + OUT's suffix, all
   decoded from ONE shared encoding of the image. --grid adds OUT's stem + "_grid.png". The format follows
-  OUT's suffix (.png, .jpg/.jpeg, .webp). Files are written only after every edit succeeded, each atomically.
+  OUT's suffix (.png, .jpg/.jpeg, .webp). Every output location is checked before any compute; files are
+  written only after every edit succeeded, each atomically, and a failure removes whatever the call wrote.
+
+jobs file (--jobs FILE.jsonl): many edits in one process, on one engine, --concurrency at a time.
+  One JSON object per line (blank lines are skipped); relative paths are relative to the jobs file's folder:
+    {"image": "house.png", "source_prompt": "a house on a hill", "prompt": "a castle on a hill",
+     "out": "edits/castle.png", "settings": {"num_inference_steps": 20, "seed": 0}}
+    {"image": "sample", "source_prompt": "a house", "prompt": ["a barn", "a mill"], "out": "edits/farm.png",
+     "settings": {"preset": "paper", "strength": 0.7, "guidance_scale": 3, "eta": 0.1, "seed": 1}}
+  keys: image (file or 'sample'), source_prompt, prompt (a string, or a list: one shared encoding, outputs
+  named as with several --prompt), out; optional settings with diffusers' names: strength,
+  num_inference_steps, guidance_scale, source_guidance_scale, eta, seed, clip_skip, preset. Edit flags on
+  the command line (--steps, --seed, --preset, ...) are defaults for every line; a line's settings win.
+  Every line is checked before the engine loads: a bad line is reported with its number and skipped, the
+  others run. Each job's files appear together or not at all. Exit status: 0 if every line succeeded, 1 if
+  any line was bad or failed (see the summary table), 2 for a bad command line.
 """
 
 
@@ -45,6 +63,10 @@ class Outputs:
     grid: Path | None
     code: Path | None
 
+    @property
+    def every(self) -> list[Path]:
+        return [p for p in (*self.images, self.grid, self.code) if p is not None]
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,16 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="IN", help=f"input image file, or '{SAMPLE}' for the bundled sample picture "
                                                  "(resized to the engine's native size); optional with --code")
     p.add_argument("--source-prompt", metavar="S", help="text describing the input image (not used with --code)")
-    p.add_argument("--prompt", action="append", required=True, metavar="T",
+    p.add_argument("--prompt", action="append", metavar="T",
                    help="target text; repeat for several edits of one shared encoding")
-    p.add_argument("--out", required=True, metavar="OUT", help="output image (.png, .jpg, .jpeg, .webp)")
+    p.add_argument("--out", metavar="OUT", help="output image (.png, .jpg, .jpeg, .webp)")
     _add_edit_flags(p)
     _add_engine_flags(p)
     p.add_argument("--grid", action="store_true", help="also write a before/after contact sheet OUTSTEM_grid.png")
     p.add_argument("--save-code", metavar="PATH",
                    help="also save the image's LatentCode (decode it later with --code)")
     p.add_argument("--code", metavar="PATH", help="decode this saved LatentCode instead of encoding an image")
+    jobs = p.add_argument_group("many edits in one process (see 'jobs file' below)")
+    jobs.add_argument("--jobs", metavar="FILE.jsonl",
+                      help="run every edit of this JSON-lines file on one engine, instead of --image/--prompt/--out")
+    jobs.add_argument("--concurrency", type=int, default=8, metavar="N",
+                      help="--jobs: edits in flight at once on the shared engine (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, print nothing on success")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own warnings (onnxruntime, transformers, diffusers)")
     return p
 
 
@@ -87,20 +116,36 @@ def _add_edit_flags(p: argparse.ArgumentParser) -> None:
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend (default auto)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="model precision; fp16 needs cuda")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
+                   help="model precision (default fp32); fp16 is for CUDA: it runs on the CPU too, slowly "
+                        "(onnxruntime needs an export made with --fp16)")
     p.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="largest UNet batch of the encoder (default 16)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op CPU threads of the backend (default: from the CPUs this process may use)")
+    p.add_argument("--verify", default="fast", choices=("fast", "full"),
+                   help="integrity check of the export's files on load: fast = sizes and sampled-block stamps "
+                        "(default), full = sha256 of every byte (as `cyclediff-export --verify DIR`)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="working-memory budget, e.g. 12GB (default: a safe fraction of the available RAM or GPU "
+                        "memory); an edit that cannot fit is refused before it starts")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.jobs is not None:
+            from cyclediff.runtime import jobs  # imports this module: loaded only when asked for
+
+            return jobs.main(args)
         _run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
     except _errors() as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 
@@ -112,42 +157,60 @@ def _errors() -> tuple[type[BaseException], ...]:
     return ValueError, TypeError, OSError, RuntimeError, ImportError, PIL.Image.DecompressionBombError
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return text or type(err).__name__
 
 
 def _run(args: argparse.Namespace) -> None:
     params = edit_params(args)
-    outputs = output_paths(args)
     _check_prompts(args)
+    outputs = output_paths(args)
+    files = OutputSet(outputs.every)
+    files.check()  # every output location, before any compute
     image = read_image(args.image) if args.image else None
     code = _load_code(args.code) if args.code else None
-    _quiet_libraries(args.quiet)
-    from cyclediff.runtime.engine import Engine  # torch and the backends load only once the arguments are sane
+    engine = load_engine(args)
+    if args.image == SAMPLE:
+        image = fit_sample(image, engine.manifest.sample_size)
+    elif image is not None and not args.quiet:
+        warn_size(image, engine.manifest.sample_size)
+    try:
+        if code is None:
+            code = encode(engine, image, args.source_prompt, params, args.seed, args.clip_skip)
+        else:
+            _note_code_flags(args)
+        edits = decode_all(engine, code, args.prompt, params.guidance_scale, args.clip_skip, bar=not args.quiet)
+        written = _write(files, outputs, image, edits, code, args)
+    except BaseException:
+        files.discard()
+        raise
+    if not args.quiet:
+        print("\n".join(map(str, written)))
+
+
+def load_engine(args: argparse.Namespace, progress: bool | None = None):
+    """The Engine the flags ask for; torch and the backends are imported only now, once the arguments are sane."""
+    verbosity.configure(PROG, args.verbose)
+    if args.quiet:  # transformers shows a weight-loading bar of its own
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    from cyclediff.runtime.engine import Engine
 
     try:
-        engine = Engine.load(args.engine, backend=args.backend, device=args.device, max_batch=args.max_batch,
-                             progress=not args.quiet, dtype=args.dtype)
+        return Engine.load(args.engine, backend=args.backend, device=args.device, max_batch=args.max_batch,
+                           progress=not args.quiet if progress is None else progress, dtype=args.dtype,
+                           threads=args.threads, verify=args.verify, max_memory=args.max_memory)
     except ImportError as err:
         raise CliError(f"--backend {args.backend} is not available here ({err}); try --backend onnxruntime") from err
-    if args.image == SAMPLE:
-        image = _fit_sample(image, engine.manifest.sample_size)
-    elif image is not None and not args.quiet:
-        _warn_size(image, engine.manifest.sample_size)
-    if code is None:
-        code = _encode(engine, image, args, params)
-    else:
-        _note_code_flags(args)
-    edits = _decode_all(engine, code, args, params.guidance_scale)
-    _write(outputs, image, edits, code, args)
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:
     """The preset (or diffusers' defaults) with every explicitly given flag on top; validated by EditParams."""
     from cyclediff.runtime.schedule import num_edit_steps
 
-    given = {field: getattr(args, dest) for dest, field in _PARAM_FLAGS.items() if getattr(args, dest) is not None}
+    given = {field: getattr(args, dest) for dest, field in PARAM_FLAGS.items() if getattr(args, dest) is not None}
     try:
         params = dataclasses.replace(PRESETS[args.preset or "default"], **given)
     except ValueError as err:
@@ -155,8 +218,9 @@ def edit_params(args: argparse.Namespace) -> EditParams:
     if num_edit_steps(params.num_inference_steps, params.strength) == 0:
         raise CliError(f"--strength {params.strength} with --steps {params.num_inference_steps} runs zero denoising "
                        "steps (int(steps * strength) = 0); raise --strength or --steps")
-    if args.max_batch < 1:
-        raise CliError(f"--max-batch must be >= 1, got {args.max_batch}")
+    for flag in ("max_batch", "threads", "concurrency"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.clip_skip is not None and args.clip_skip < 0:
         raise CliError(f"--clip-skip must be >= 0, got {args.clip_skip}")
     return params
@@ -164,43 +228,40 @@ def edit_params(args: argparse.Namespace) -> EditParams:
 
 def _name_flag(message: str) -> str:
     """EditParams speaks diffusers' names; prefix the flag the user actually typed."""
-    for dest, field in sorted(_PARAM_FLAGS.items(), key=lambda kv: -len(kv[1])):  # longest first: no prefix clash
+    for dest, field in sorted(PARAM_FLAGS.items(), key=lambda kv: -len(kv[1])):  # longest first: no prefix clash
         if message.startswith(field + " "):
             return f"--{dest.replace('_', '-')}: {message}"
     return message
 
 
 def output_paths(args: argparse.Namespace) -> Outputs:
+    if args.out is None:
+        raise CliError("--out is required (or --jobs FILE.jsonl, which names an out per line)")
     out = Path(args.out)
-    if out.suffix.lower() not in FORMATS:
-        raise CliError(f"--out {out}: unknown image format {out.suffix or '(no suffix)'!r}; use one of "
-                       f"{', '.join(FORMATS)}")
-    n = len(args.prompt)
-    images = (out,) if n == 1 else tuple(out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n))
+    check_format(out, "--out")
     grid = out.with_name(f"{out.stem}_grid.png") if args.grid else None
     code = Path(args.save_code) if args.save_code else None
-    every = [p for p in (*images, grid, code) if p is not None]
-    for path in every:
-        _check_writable(path)
-    if len({p.resolve() for p in every}) != len(every):
-        raise CliError(f"output paths collide: {', '.join(map(str, every))}; choose another --out or --save-code")
+    return Outputs(image_paths(out, len(args.prompt)), grid, code)
+
+
+def check_format(out: Path, what: str) -> None:
+    if out.suffix.lower() not in FORMATS:
+        raise CliError(f"{what} {out}: unknown image format {out.suffix or '(no suffix)'!r}; use one of "
+                       f"{', '.join(FORMATS)}")
     if FORMATS[out.suffix.lower()] == "WEBP" and not PIL.features.check("webp"):
-        raise CliError(f"--out {out}: this Pillow has no WebP support; use .png or .jpg")
-    return Outputs(images, grid, code)
+        raise CliError(f"{what} {out}: this Pillow has no WebP support; use .png or .jpg")
 
 
-def _check_writable(path: Path) -> None:
-    """Fail now, not after minutes of work: the nearest existing ancestor must be a writable folder."""
-    if path.is_dir():
-        raise CliError(f"{path} is a folder; name a file to write")
-    folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"cannot write {path}: {folder} is not a writable folder")
+def image_paths(out: Path, prompts: int) -> tuple[Path, ...]:
+    """One prompt writes OUT; N prompts write OUT_0 ... OUT_{N-1} (same suffix)."""
+    if prompts == 1:
+        return (out,)
+    return tuple(out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(prompts))
 
 
 def _check_prompts(args: argparse.Namespace) -> None:
+    if not args.prompt:
+        raise CliError("--prompt is required (or --jobs FILE.jsonl, which gives the prompts per line)")
     if args.code is None and args.image is None:
         raise CliError("--image is required (a file, or 'sample'), unless --code decodes a saved LatentCode")
     if args.code is None and args.source_prompt is None:
@@ -216,31 +277,33 @@ def sample_path() -> Path:
     return Path(str(files("cyclediff.runtime") / "assets" / "sample.png"))
 
 
-def read_image(spec: str) -> PIL.Image.Image:
+def read_image(spec: str, what: str = "--image") -> PIL.Image.Image:
     """Read and fully decode an image file as RGB (EXIF orientation applied, as diffusers' load_image)."""
     path = sample_path() if spec == SAMPLE else Path(spec)
     if not path.is_file():
         hint = " (the bundled sample is missing: reinstall cyclediff)" if spec == SAMPLE else ""
-        raise CliError(f"--image {spec}: no such file{hint}")
+        raise CliError(f"{what} {spec}: no such file{hint}")
     try:
         with PIL.Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not halfway through the edit
             return PIL.ImageOps.exif_transpose(img).convert("RGB")
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise CliError(f"--image {spec}: not a readable image ({_one_line(err)})") from err
+        raise CliError(f"{what} {spec}: not a readable image ({one_line(err)})") from err
 
 
-def _fit_sample(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
+def fit_sample(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), resample=PIL.Image.LANCZOS)
 
 
-def _warn_size(image: PIL.Image.Image, native: int) -> None:
+def warn_size(image: PIL.Image.Image, native: int, where: str = "") -> None:
     """Attention cost grows with the square of the pixel count: a photo far above the checkpoint's size can
     need tens of GB. Say so up front (the edit still runs: the user may have the memory)."""
     if image.width * image.height > 4 * native * native:
-        print(f"{PROG}: warning: the image is {image.width}x{image.height}, the engine's native size is "
-              f"{native}x{native}; much larger images need far more memory and time (resize it first)",
-              file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{PROG}: warning: {where}the image is {image.width}x{image.height}, the engine's native size "
+                   f"is {native}x{native}; much larger images need far more memory and time (resize it first)",
+                   file=sys.stderr)
 
 
 def _load_code(path: str):
@@ -251,32 +314,28 @@ def _load_code(path: str):
     return LatentCode.load(path)
 
 
-def _quiet_libraries(quiet: bool) -> None:
-    if quiet:  # transformers shows a weight-loading bar of its own
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-
-def _encode(engine, image: PIL.Image.Image, args: argparse.Namespace, params: EditParams):
+def encode(engine, image: PIL.Image.Image, source_prompt: str, params: EditParams, seed: int | None,
+           clip_skip: int | None):
     import torch
 
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     # As CycleDiffusionPipeline: with guidance_scale <= 1 the source branch runs unguided.
     source_scale = params.source_guidance_scale if params.guidance_scale > 1 else 1.0
-    return engine.encode(image, args.source_prompt, strength=params.strength,
+    return engine.encode(image, source_prompt, strength=params.strength,
                          num_inference_steps=params.num_inference_steps, source_guidance_scale=source_scale,
-                         eta=params.eta, generator=generator, clip_skip=args.clip_skip)
+                         eta=params.eta, generator=generator, clip_skip=clip_skip)
 
 
-def _decode_all(engine, code, args: argparse.Namespace, guidance_scale: float) -> list[PIL.Image.Image]:
+def decode_all(engine, code, prompts: list[str], guidance_scale: float, clip_skip: int | None,
+               bar: bool = False) -> list[PIL.Image.Image]:
+    """Every prompt decodes the one shared code."""
     from tqdm.auto import tqdm
 
     edits = []
-    with tqdm(total=len(args.prompt), desc="prompts", disable=args.quiet or len(args.prompt) < 2) as bar:
-        for prompt in args.prompt:
-            edits.append(engine.decode(code, prompt, guidance_scale, "pil", clip_skip=args.clip_skip).images[0])
-            bar.update(1)
+    with tqdm(total=len(prompts), desc="prompts", disable=not bar or len(prompts) < 2) as progress:
+        for prompt in prompts:
+            edits.append(engine.decode(code, prompt, guidance_scale, "pil", clip_skip=clip_skip).images[0])
+            progress.update(1)
     return edits
 
 
@@ -289,20 +348,30 @@ def _note_code_flags(args: argparse.Namespace) -> None:
         print(f"{PROG}: note: {', '.join(fixed)} ignored: the saved code fixes them", file=sys.stderr)
 
 
-def _write(outputs: Outputs, image, edits: list[PIL.Image.Image], code, args: argparse.Namespace) -> None:
-    from cyclediff.export.manifest import atomic_write_bytes
-
-    fmt = FORMATS[outputs.images[0].suffix.lower()]
-    blobs = [(p, encode_image(e, fmt)) for p, e in zip(outputs.images, edits)]
+def _write(files: OutputSet, outputs: Outputs, image, edits: list[PIL.Image.Image], code,
+           args: argparse.Namespace) -> list[Path]:
+    """Stage every file (images, grid, code), then rename them all into place: all or nothing."""
+    stage_images(files, outputs.images, edits)
     if outputs.grid is not None:
-        blobs.append((outputs.grid, encode_image(_sheet(image, edits, code, args), "PNG")))
-    for path, data in blobs:
-        atomic_write_bytes(path, data)
+        sheet = encode_image(_sheet(image, edits, code, args), "PNG")
+        files.stage(outputs.grid, lambda tmp: write_bytes(tmp, sheet))
     if outputs.code is not None:
-        code.save(outputs.code)
-    if not args.quiet:
-        for path in [p for p, _ in blobs] + ([outputs.code] if outputs.code else []):
-            print(path)
+        files.stage(outputs.code, code.save)
+    return files.commit()
+
+
+def stage_images(files: OutputSet, paths: tuple[Path, ...], edits: list[PIL.Image.Image]) -> None:
+    fmt = FORMATS[paths[0].suffix.lower()]
+    for path, edit in zip(paths, edits):
+        data = encode_image(edit, fmt)
+        files.stage(path, lambda tmp, data=data: write_bytes(tmp, data))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # the rename that follows must not publish a file whose bytes are not on disk
 
 
 def _sheet(image, edits: list[PIL.Image.Image], code, args: argparse.Namespace) -> PIL.Image.Image:

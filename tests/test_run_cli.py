@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,8 @@ BAD = [
     ({"--eta": "-0.5"}, "--eta"),
     ({"--guidance-scale": "nan"}, "--guidance-scale"),
     ({"--out": "edit.gif"}, "unknown image format"),
+    ({"--threads": "0"}, "--threads must be >= 1"),
+    ({"--concurrency": "0"}, "--concurrency must be >= 1"),
     ({"--engine": "no_such_engine"}, "not a cyclediff export"),
 ]
 
@@ -119,3 +122,100 @@ def test_bad_input_in_a_real_process_has_no_traceback(engine_dir, tmp_path):
     assert done.returncode == 2
     assert "cyclediff-run: error: --strength" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+# --- every output location is checked before any compute; a failure removes everything the call wrote --------
+
+
+def _no_engine(tmp: Path) -> str:
+    """An --engine that cannot load: an error about the output proves the output was checked first."""
+    return str(tmp / "no_engine_here")
+
+
+@pytest.mark.parametrize("out", ["x" * 260 + ".png", "a_file/edit.png", "deep/" + "d" * 300 + "/edit.png"],
+                         ids=["name-too-long", "parent-is-a-file", "folder-name-too-long"])
+def test_unwritable_out_fails_before_any_compute(out, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    done = _cli("--engine", _no_engine(tmp_path), "--image", "sample", "--source-prompt", "a", "--prompt", "b",
+                "--out", str(tmp_path / out), "--quiet")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot write" in done.stderr and "not a cyclediff export" not in done.stderr
+    assert ".tmp" not in done.stderr  # the user's path, never our temporary name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_fails_before_any_compute(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    done = _cli("--engine", _no_engine(tmp_path), "--image", "sample", "--source-prompt", "a", "--prompt", "b",
+                "--out", str(folder / "edit.png"), "--quiet")
+    assert done.returncode == 2 and "cannot write" in done.stderr and ".tmp" not in done.stderr
+
+
+def test_save_code_checked_before_compute_too(tmp_path):
+    done = _cli("--engine", _no_engine(tmp_path), "--image", "sample", "--source-prompt", "a", "--prompt", "b",
+                "--out", str(tmp_path / "edit.png"), "--save-code", str(tmp_path / ("c" * 260)), "--quiet")
+    assert done.returncode == 2 and "cannot write" in done.stderr and "c" * 40 in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failing_code_write_removes_the_images_and_created_folders(engine_dir, tmp_path, monkeypatch, capsys):
+    from cyclediff.runtime.latent_code import LatentCode
+
+    def full_disk(self, path):
+        Path(path).write_bytes(b"half")  # what a real failure leaves: part of the file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LatentCode, "save", full_disk)
+    argv = ["--engine", str(engine_dir), *COMMON, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--grid",
+            "--out", str(tmp_path / "new" / "deeper" / "edit.png"), "--save-code", str(tmp_path / "codes" / "c.st")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'codes' / 'c.st'}: No space left on device" in err
+    assert not any(tmp_path.iterdir())  # no image, no grid, no temp file, no folder it created
+
+
+def test_outputs_go_into_new_folders(engine_dir, tmp_path):
+    out = tmp_path / "a" / "b" / "edit.png"
+    assert main(["--engine", str(engine_dir), *COMMON, "--prompt", PROMPTS[0], "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["edit.png"]
+
+
+def test_help_tells_the_truth_about_fp16(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "fp16 needs cuda" not in text and "runs on the CPU too" in text
+    assert "--jobs" in text and "--threads" in text and "--verbose" in text
+
+
+def test_a_long_but_valid_name_is_written(engine_dir, tmp_path):
+    """255 bytes fit the file system; our temporary name beside it must fit too."""
+    out = tmp_path / ("x" * 251 + ".png")
+    assert main(["--engine", str(engine_dir), *COMMON, "--prompt", PROMPTS[0], "--out", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_odd_size_message_gives_width_by_height_throughout(engine_dir, tmp_path, capsys):
+    PIL.Image.new("RGB", (38, 32), "gray").save(tmp_path / "wide.png")  # latents 19 wide, 16 high
+    assert main(["--engine", str(engine_dir), "--image", str(tmp_path / "wide.png"), "--source-prompt", "a",
+                 "--prompt", "b", "--steps", "3", "--quiet", "--out", str(tmp_path / "edit.png")]) == 2
+    err = capsys.readouterr().err
+    assert "latents 19x16 (width x height)" in err and "e.g. 40x32" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
+
+
+def test_threads_reach_engine_load(engine_dir, tmp_path, monkeypatch, capsys):
+    from cyclediff.runtime.engine import Engine
+
+    seen = {}
+
+    def fake_load(folder, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(Engine, "load", staticmethod(fake_load))
+    assert main(["--engine", str(engine_dir), *COMMON, "--prompt", "b", "--threads", "3",
+                 "--out", str(tmp_path / "edit.png")]) == 2
+    assert seen["threads"] == 3 and "stop here" in capsys.readouterr().err
