@@ -107,7 +107,9 @@ def _sd14_pipeline(scratch: Path):
 
 
 def engine_dir(args) -> Path:
-    """--engine DIR as given; else export the checkpoint into a cache folder (re-runs reuse unchanged models)."""
+    """--engine DIR as given; else export the checkpoint into a cache folder (re-runs reuse unchanged models)
+    with what the timed backends need: fp16 ONNX graphs for onnxruntime at --dtype fp16, and TensorRT plans
+    for tensorrt where TensorRT and a GPU are present (so fp16 rows time fp16 graphs, not fp32 ones)."""
     if args.engine:
         return Path(args.engine)
     from cyclediff.export.pipeline import export
@@ -116,9 +118,39 @@ def engine_dir(args) -> Path:
     root = cache_root() / "bench"
     ckpt = str(build_sd14_random(root / "sd-v1-4-random")) if args.arch == "sd-v1-4" else args.ckpt
     out = root / f"export-{args.arch or Path(ckpt).name}"
-    print(f"exporting {ckpt} -> {out} ...", file=sys.stderr)
-    export(ckpt, out, quiet=True)
+    wanted = wanted_backends(args)
+    fp16 = getattr(args, "dtype", "fp32") == "fp16" and "onnxruntime" in wanted
+    print(f"exporting {ckpt} -> {out}{' with fp16 graphs' if fp16 else ''} ...", file=sys.stderr)
+    manifest = export(ckpt, out, quiet=True, fp16=fp16)
+    if "tensorrt" in wanted and can_build_tensorrt():
+        build_plans(out, manifest, getattr(args, "guidance_scale", 7.5) > 1)
     return out
+
+
+def wanted_backends(args) -> list[str]:
+    backends = getattr(args, "backends", None)
+    return backends.split(",") if backends else default_backends(getattr(args, "device", "cpu"))
+
+
+def can_build_tensorrt() -> bool:
+    from cyclediff.export.plan_cache import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt(need_builder=True)
+    except TensorRTUnavailable as err:
+        print(f"note: no TensorRT plans: {err}", file=sys.stderr)
+        return False
+    return True
+
+
+def build_plans(folder: Path, manifest, guided: bool) -> None:
+    """fp16 plans for what this benchmark runs: batch 1 at the checkpoint's size, the Engine's default chunk."""
+    from cyclediff.export.plan_cache import Workload
+    from cyclediff.export.tensorrt_build import build_all
+
+    size = manifest.sample_size
+    workload = Workload(batch=1, height=size, width=size, guided=guided, encoder_chunk=16)
+    build_all(folder, manifest, workload, say=lambda msg: print(msg, file=sys.stderr)).save(folder)
 
 
 def checkpoint_path(folder: Path) -> Path:
@@ -304,12 +336,16 @@ def stage_times(engine, image, s: Setup) -> dict[str, float]:
     moments = {t.name: torch.empty(lat, device=dev) for t in run[VAE_ENCODER].spec.outputs}
     out = torch.empty((1, 3, pixels.shape[2], pixels.shape[3]), device=dev)
     quick = dataclasses.replace(s, warmup=max(1, s.warmup // 2))
+    from cyclediff.runtime.buffers import BufferPool
+
+    pool = BufferPool(dev)  # the stage timings' own workspace; UNet calls still go through the dispatcher
+    encoder, decoder = engine.make_encoder(pool), engine.make_decoder(pool)
     return {
         "text encoder (1 prompt)": median_ms(lambda: run[TEXT_ENCODER]({"input_ids": ids}, {spec.name: states}), quick),
         "VAE encode": median_ms(lambda: run[VAE_ENCODER]({"image": pixels}, moments), quick),
         f"DPM-Encoder UNet ({k} steps, batched)":
-            median_ms(lambda: engine.encoder.source_eps(xs, table, SourceText(cond, None, 1.0)), quick),
-        "decoder, per step": median_ms(lambda: engine.decoder.run(x, noises, table, text), quick) / k,
+            median_ms(lambda: encoder.source_eps(xs, table, SourceText(cond, None, 1.0)), quick),
+        "decoder, per step": median_ms(lambda: decoder.run(x, noises, table, text), quick) / k,
         "VAE decode": median_ms(lambda: run[VAE_DECODER]({"latent": x}, {"image": out}), quick),
     }
 
@@ -357,12 +393,17 @@ def default_backends(device: str) -> list[str]:
     return backends
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_checkpoint_args(p: argparse.ArgumentParser, engine_help: str = "reuse this export directory") -> None:
+    """--ckpt | --arch | --engine: what engine_dir() exports or reuses (shared by the benchmark scripts)."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--ckpt", default="tiny", help="checkpoint to export (default: built-in tiny)")
     src.add_argument("--arch", choices=["sd-v1-4"], help="SD v1.4's architecture with random weights (cached)")
-    src.add_argument("--engine", help="reuse this export directory (its checkpoint runs the diffusers rows)")
+    src.add_argument("--engine", help=engine_help)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(p, "reuse this export directory (its checkpoint runs the diffusers rows)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     p.add_argument("--backends", help="comma-separated cyclediff backends (default: torch,onnxruntime[,tensorrt])")
@@ -378,6 +419,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interleave", action="store_true",
                    help="time the cases round-robin (fairer under shifting load; see measure())")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    p.add_argument("--json", help="also write the rows and the stage times to this file")
     args = p.parse_args(argv)
     if args.warmup < 0 or args.repeat < 1 or not 1 <= args.prompts <= len(TARGETS):
         p.error(f"need --warmup >= 0, --repeat >= 1 and 1 <= --prompts <= {len(TARGETS)}")
@@ -404,33 +446,51 @@ def main(argv: list[str] | None = None) -> int:
     cases += [c for e in engines for c in cyclediff_cases(e, image, s)]
     cases += compile_cases(ckpt, image, s) if args.compile else []
     rows = with_diffusers_b(measure([c for c in cases if isinstance(c, Case)], s, args.interleave))
-    print_rows(rows + skipped + [c for c in cases if isinstance(c, Row)])
+    rows = rows + skipped + [c for c in cases if isinstance(c, Row)]
+    print_rows(rows)
+    stages: dict[str, dict[str, float]] = {}
+    mfu: dict[str, str] = {}
     if not args.no_stages:
         stages = {e.backend: safe_stage_times(e, image, s) for e in engines}
         print_stages(stages)
-        print_mfu(engines, stages, image, s)
+        mfu = print_mfu(engines, stages, image, s)
+    if args.json:
+        write_json(Path(args.json), s, rows, stages, mfu)
     return 0
 
 
-def print_mfu(engines: list, stages: dict[str, dict[str, float]], image, s: Setup) -> None:
-    """MFU of the decoder step against a matmul peak measured now, on the same device and dtype."""
+def write_json(path: Path, s: Setup, rows: list[Row], stages: dict[str, dict[str, float]],
+               mfu: dict[str, str]) -> None:
+    import json
+
+    device = torch.cuda.get_device_name() if s.device.startswith("cuda") else "cpu"
+    path.write_text(json.dumps({"setup": dataclasses.asdict(s), "device_name": device,
+                                "rows": [dataclasses.asdict(r) for r in rows], "stages_ms": stages, "mfu": mfu}, indent=1))
+
+
+def print_mfu(engines: list, stages: dict[str, dict[str, float]], image, s: Setup) -> dict[str, str]:
+    """MFU of the decoder step against a matmul peak measured now, on the same device and dtype; returns the
+    printed line per backend."""
     from mfu import matmul_peak_tflops, report, unet_step_tflop
 
     counted = [e for e in engines if e.backend == "torch"]
     if not counted:
-        return
+        return {}
     d = counted[0].manifest.dims
     hw = (image.size[1] // d.vae_scale, image.size[0] // d.vae_scale)
     tflop = unet_step_tflop(counted[0], 2 if s.guidance_scale > 1 else 1, hw)
     peak = matmul_peak_tflops(s.device, torch.float16 if s.dtype == "fp16" else torch.float32)
+    lines = {}
     for e in engines:
         step = stages.get(e.backend, {}).get("decoder, per step")
         if tflop and step:
-            print(f"{e.backend:<12} " + report(step, tflop, peak))
+            lines[e.backend] = report(step, tflop, peak)
+            print(f"{e.backend:<12} " + lines[e.backend])
+    return lines
 
 
 def load_engines(folder: Path, s: Setup, args) -> tuple[list, list[Row]]:
-    backends = args.backends.split(",") if args.backends else default_backends(args.device)
+    backends = wanted_backends(args)
     engines, skipped = [], []
     for backend in backends:
         try:

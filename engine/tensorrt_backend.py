@@ -1,13 +1,23 @@
 """TensorRT backend: static-shape plans bound by tensor name to the runtime's own CUDA tensors.
 
-`load_plans` checks each plan against the manifest (TensorRT version, GPU, sha256) before deserializing;
-`TrtModel` enqueues with execute_async_v3 on torch's current stream, so a CUDA graph captures it. All
-engines run one after another on that stream, so their contexts share one activation workspace.
+`load_plans` checks each plan against the manifest (TensorRT version, GPU, sha256) before deserializing.
+Input shapes come from the plan record (the build's min = opt = max profile): `engine.get_tensor_shape` keeps
+-1 for the ONNX graphs' symbolic axes. Output shapes are read from a context once its inputs are set.
+
+Streams: eager calls run on the backend's own stream (TensorRT syncs internally on the legacy default stream);
+calls inside a CUDA-graph capture run on the capturing stream, so the graph records them. All engines run one
+after another, so their contexts share one activation workspace, which every plan keeps alive.
+
+Contexts: TensorRT forbids one execution context to serve graphs with different bound addresses, and wants one
+uncaptured enqueue before a capture. So each plan keeps one context per set of bound addresses: the warm-up
+calls of a CapturedStep (same static buffers as its capture) create and warm it, the capture pins it.
 """
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,11 +25,23 @@ from cyclediff.engine.base import BackendError, ModelRunner
 from cyclediff.export.manifest import Manifest, ManifestError
 from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER, ModelSpec
 from cyclediff.export.plan_cache import (
-    PlanEntry, check_compatible, check_plan_bytes, read_plans, rebuild_command, require_tensorrt,
+    PlanEntry,
+    check_compatible,
+    check_plan_bytes,
+    read_plans,
+    rebuild_command,
+    require_tensorrt,
 )
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
+Addresses = tuple[tuple[str, int], ...]  # (tensor name, data_ptr) for every I/O tensor, sorted
+UNPINNED_CONTEXTS = 8  # eager address sets kept warm per plan; contexts a graph captured are kept forever
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_current_stream_capturing()
 
 
 class Workspace:
@@ -34,38 +56,109 @@ class Workspace:
 
 
 class TrtPlan:
-    """One deserialized engine (one static shape set) and its execution context."""
+    """One deserialized engine (one static shape set) and its execution contexts.
 
-    def __init__(self, engine: "trt.ICudaEngine", workspace: Workspace | None):
+    shapes: input name -> static shape, from the plan record. `workspace` is held here: the contexts (and any
+    graph captured through them) write to its address for as long as the plan lives."""
+
+    def __init__(self, engine: "trt.ICudaEngine", shapes: Mapping[str, tuple[int, ...]], workspace: Workspace | None,
+                 label: str = "plan"):
+        self.engine, self.workspace, self.label = engine, workspace, label
+        self.inputs = {k: tuple(int(x) for x in v) for k, v in shapes.items()}
+        probe = self._new_context()  # inputs set: the context now knows the output shapes
+        # name -> (static shape, torch dtype, is input)
+        self.io = _io_table(engine, probe, self.inputs, label)
+        self.batch = next(iter(self.inputs.values()))[0]
+        self._contexts: collections.OrderedDict[Addresses, "trt.IExecutionContext"] = collections.OrderedDict()
+        self._pinned: set[Addresses] = set()
+
+    def _new_context(self) -> "trt.IExecutionContext":
         import tensorrt as trt
 
-        self.engine = engine
-        if workspace is None:
-            self.context = engine.create_execution_context()
+        if self.workspace is None:
+            context = self.engine.create_execution_context()
         else:
-            self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            workspace.attach(self.context)
-        # name -> (static shape, torch dtype, is input)
-        self.io: dict[str, tuple[tuple[int, ...], torch.dtype, bool]] = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            dims = engine.get_tensor_shape(name)
-            shape = tuple(int(dims[k]) for k in range(len(dims)))
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            self.io[name] = (shape, torch_dtype(engine.get_tensor_dtype(name)), is_input)
-            if is_input:
-                self.context.set_input_shape(name, trt.Dims(list(shape)))
-        self.batch = next(s[0] for s, _, inp in self.io.values() if inp)
+            context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            self.workspace.attach(context)
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {self.label}")
+        for name, shape in self.inputs.items():
+            if not context.set_input_shape(name, trt.Dims(list(shape))):
+                raise BackendError(f"TensorRT refused input shape {list(shape)} for {name!r} of {self.label} (outside "
+                                   "the plan's optimization profile); the plan record and the plan disagree: rebuild "
+                                   "with `cyclediff-export ... --trt`")
+        return context
 
-    def run(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Bind every I/O tensor by name (checked against the engine) and enqueue on torch's current stream."""
+    def context_for(self, addresses: Addresses, capturing: bool) -> "trt.IExecutionContext":
+        """The context bound to exactly these addresses (made on first use; kept while a graph may use it)."""
+        context = self._contexts.get(addresses)
+        if context is None:
+            if capturing:  # TensorRT's first enqueue may allocate or sync, which a capture cannot hold
+                raise BackendError(f"{self.label}: a CUDA graph captures an address set never run eagerly; warm "
+                                   "the step up (CaptureConfig.warmup_calls >= 1) before capturing")
+            context = self._contexts[addresses] = self._new_context()
+            for name, ptr in addresses:
+                context.set_tensor_address(name, ptr)
+        self._contexts.move_to_end(addresses)
+        if capturing:
+            self._pinned.add(addresses)
+        else:  # never inside a capture: evicting waits for the device
+            self._evict()
+        return context
+
+    def _evict(self) -> None:
+        unpinned = [a for a in self._contexts if a not in self._pinned]
+        stale = unpinned[: max(0, len(unpinned) - UNPINNED_CONTEXTS)]  # oldest first
+        if stale and torch.cuda.is_available():
+            torch.cuda.synchronize()  # no enqueued work may still use a context when it is destroyed
+        for addresses in stale:
+            del self._contexts[addresses]
+
+    def run(self, tensors: Mapping[str, torch.Tensor], stream: "torch.cuda.Stream | None" = None) -> None:
+        """Bind every I/O tensor by name (checked against the engine) and enqueue: on the capturing stream
+        inside a capture, else on `stream` (ordered after and before the caller's current stream)."""
         for name, (shape, dtype, _) in self.io.items():
             t = tensors[name]
             check_binding(name, tuple(t.shape), t.dtype, t.is_contiguous() and t.is_cuda, shape, dtype)
-            self.context.set_tensor_address(name, t.data_ptr())
-        stream = torch.cuda.current_stream(tensors[next(iter(self.io))].device).cuda_stream
-        if not self.context.execute_async_v3(stream):
-            raise BackendError(f"TensorRT enqueue failed for engine with I/O {sorted(self.io)}")
+        addresses = tuple(sorted((name, tensors[name].data_ptr()) for name in self.io))
+        capturing = _capturing()
+        context = self.context_for(addresses, capturing)
+        current = torch.cuda.current_stream(tensors[next(iter(self.io))].device)
+        if capturing or stream is None:
+            self._enqueue(context, current)
+            return
+        stream.wait_stream(current)
+        self._enqueue(context, stream)
+        current.wait_stream(stream)
+
+    def _enqueue(self, context: "trt.IExecutionContext", stream: "torch.cuda.Stream") -> None:
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise BackendError(f"TensorRT enqueue failed for {self.label} with I/O {sorted(self.io)}")
+
+
+def _io_table(engine: "trt.ICudaEngine", context: "trt.IExecutionContext", inputs: Mapping[str, tuple[int, ...]],
+              label: str) -> dict[str, tuple[tuple[int, ...], torch.dtype, bool]]:
+    """name -> (shape, dtype, is_input): inputs from the record, outputs from the context (inputs already set)."""
+    import tensorrt as trt
+
+    io: dict[str, tuple[tuple[int, ...], torch.dtype, bool]] = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        if is_input and name not in inputs:
+            raise BackendError(f"{label} has input {name!r}, which its plan record does not give a shape for; rebuild")
+        shape = inputs[name] if is_input else _dims(context.get_tensor_shape(name))
+        if min(shape, default=0) < 0:
+            raise BackendError(f"{label}: TensorRT gives output {name!r} the unresolved shape {list(shape)}")
+        io[name] = (shape, torch_dtype(engine.get_tensor_dtype(name)), is_input)
+    missing = set(inputs) - {n for n, (_, _, inp) in io.items() if inp}
+    if missing:
+        raise BackendError(f"{label}: the plan record names inputs {sorted(missing)} that the engine lacks; rebuild")
+    return io
+
+
+def _dims(dims: "trt.Dims") -> tuple[int, ...]:
+    return tuple(int(dims[k]) for k in range(len(dims)))
 
 
 def torch_dtype(dtype: "trt.DataType") -> torch.dtype:
@@ -88,26 +181,29 @@ def check_binding(name: str, shape: tuple[int, ...], dtype: torch.dtype, dense_c
 
 
 class TrtModel(ModelRunner):
-    """A model's plans, one per static batch; a smaller batch runs padded in the next larger plan."""
+    """A model's plans, one per static batch; a smaller batch runs padded in the next larger plan.
 
-    def __init__(self, spec: ModelSpec, plans: Sequence[TrtPlan], device: torch.device):
+    `static_batches`: the batches the plans serve exactly (zero-copy); other sizes are padded here."""
+
+    def __init__(self, spec: ModelSpec, plans: Sequence[TrtPlan], device: torch.device,
+                 stream: "torch.cuda.Stream | None" = None):
         super().__init__(spec)
         self.plans = sorted(plans, key=lambda p: p.batch)
-        self.device = device
+        self.static_batches = tuple(p.batch for p in self.plans)
+        self.device, self.stream = device, stream
         self._staging: dict[int, dict[str, torch.Tensor]] = {}  # plan batch -> padded I/O buffers
 
     def __call__(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
         self.check(feeds)
         batch = feeds[self.spec.inputs[0].name].shape[0]
-        plan = pick_plan([p.batch for p in self.plans], batch, self.spec.name)
-        chosen = self.plans[plan]
+        chosen = self.plans[pick_plan(self.static_batches, batch, self.spec.name)]
         if chosen.batch == batch:  # zero-copy: the engine reads and writes the caller's tensors
-            chosen.run({**feeds, **outputs})
+            chosen.run({**feeds, **outputs}, self.stream)
             return
         staging = self._staged(chosen)
         for name, t in feeds.items():
             staging[name][:batch].copy_(t)
-        chosen.run(staging)
+        chosen.run(staging, self.stream)
         for name, t in outputs.items():
             t.copy_(staging[name][:batch])
 
@@ -138,18 +234,26 @@ def load_plans(folder: Path, manifest: Manifest, device: torch.device) -> dict[s
     hint = rebuild_command(manifest, folder)
     entries = read_plans(manifest)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engines: dict[tuple[str, str], list["trt.ICudaEngine"]] = {}
+    engines: dict[tuple[str, str], list[tuple["trt.ICudaEngine", PlanEntry]]] = {}
     with torch.cuda.device(device):
         for name in MODEL_NAMES:
             if not entries.get(name):
                 raise ManifestError(f"{folder} has no TensorRT plan for {name}; build them with: {hint}")
             for entry in entries[name]:
                 check_compatible(entry, target, hint)
-                engines.setdefault((name, entry.precision), []).append(_deserialize(runtime, folder, entry, hint))
-        workspace = Workspace([e for es in engines.values() for e in es], device)
-        models = {key: TrtModel(manifest.models[key[0]].spec, [TrtPlan(e, workspace) for e in es], device)
-                  for key, es in engines.items()}
-    return _with_fallbacks(models)
+                engines.setdefault((name, entry.precision), []).append((_deserialize(runtime, folder, entry, hint),
+                                                                        entry))
+        return _with_fallbacks(build_models(engines, manifest, device, torch.cuda.Stream(device)))
+
+
+def build_models(engines: Mapping[tuple[str, str], Sequence[tuple["trt.ICudaEngine", PlanEntry]]],
+                 manifest: Manifest, device: torch.device, stream: "torch.cuda.Stream | None",
+                 make_workspace: Callable[..., Workspace] = Workspace) -> dict[tuple[str, str], TrtModel]:
+    """(model, precision) -> TrtModel; every plan shares one workspace and holds a reference to it."""
+    workspace = make_workspace([e for es in engines.values() for e, _ in es], device)
+    return {key: TrtModel(manifest.models[key[0]].spec,
+                          [TrtPlan(e, entry.shapes, workspace, entry.file) for e, entry in es], device, stream)
+            for key, es in engines.items()}
 
 
 def _deserialize(runtime: "trt.Runtime", folder: Path, entry: PlanEntry, hint: str) -> "trt.ICudaEngine":

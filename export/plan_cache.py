@@ -64,7 +64,7 @@ class PlanEntry:
     compute_capability: str
     shapes: dict[str, tuple[int, ...]]
     precision: str = "fp16"  # "fp16" | "fp32" (the VAE's overflow fallback)
-    onnx_sha256: str = ""
+    onnx_sha256: str = ""  # the source ONNX's identity (tensorrt_build.source_id): fp32 sha256, or fp16 settings too
 
     @property
     def batch(self) -> int:
@@ -84,7 +84,8 @@ class PlanEntry:
 
 def plan_key(onnx_sha256: str, shapes: Shapes, flags: Mapping[str, Any], trt_version: str,
              compute_capability: str) -> str:
-    """sha256 of everything that makes a plan: never reuse a plan because 'the file exists'."""
+    """sha256 of everything that makes a plan: never reuse a plan because 'the file exists'. onnx_sha256: the
+    source graph's identity (known before any fp16 conversion, so a full cache hit converts nothing)."""
     payload = {
         "onnx": onnx_sha256,
         "shapes": {k: [int(x) for x in v] for k, v in sorted(shapes.items())},

@@ -6,6 +6,8 @@ graph, no BuilderFlag.FP16), I/O is by tensor name, and every plan has one profi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -27,8 +29,8 @@ FP32_FALLBACK = (VAE_ENCODER, VAE_DECODER)  # fp16 VAEs can overflow to NaN: an 
 
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
-    """Builder options. What changes a plan reaches its key: builder flags via `flags()`, fp16 settings via the
-    fp16 ONNX bytes; the timing cache only speeds builds up."""
+    """Builder options. What changes a plan reaches its key: builder flags via `flags()`, fp16 settings via
+    `source_id`; the timing cache only speeds builds up."""
 
     workspace_bytes: int = 8 << 30  # cap on tactic scratch memory
     optimization_level: int = 3  # 0..5: higher searches more tactics (slower build)
@@ -50,40 +52,73 @@ def build_all(folder: Path, manifest: Manifest, workload: Workload, settings: Bu
     target = require_tensorrt(need_builder=True)
     old = {e.key: e for es in read_plans(manifest).values() for e in es}
     shapes = profiles({n: manifest.models[n].spec for n in MODEL_NAMES}, manifest.dims, workload)
-    plans: dict[str, tuple[PlanEntry, ...]] = {}
-    for name in MODEL_NAMES:
-        sources = _sources(folder, manifest, name, settings)
-        plans[name] = tuple(
-            _plan(folder, name, precision, onnx, s, settings, target, old, say)
-            for precision, onnx in sources.items() for s in shapes[name]
-        )
+    plans = {name: _model_plans(folder, manifest, name, shapes[name], settings, target, old, say)
+             for name in MODEL_NAMES}
     _remove_stale(folder, plans)
     return with_plans(manifest, plans)
 
 
-def _sources(folder: Path, manifest: Manifest, name: str, settings: BuildSettings) -> dict[str, Path]:
-    """precision -> ONNX file: the fp16 conversion of the export's fp32 graph (+ the fp32 graph for VAEs)."""
+def _model_plans(folder: Path, manifest: Manifest, name: str, shapes: list[dict[str, tuple[int, ...]]],
+                 settings: BuildSettings, target: TrtTarget, old: dict[str, PlanEntry],
+                 say: Callable[[str], None]) -> tuple[PlanEntry, ...]:
+    """One model's plans, reused by key where possible. The key names the plan's ONNX by its source (the fp32
+    graph's recorded sha256, plus the fp16 settings and converter), so the fp16 conversion, minutes for a large
+    UNet, runs only when some plan of that precision must actually be built."""
+    out = []
+    for precision in _precisions(name, settings):
+        source = source_id(manifest, name, precision, settings)
+        onnx: Path | None = None
+        for s in shapes:
+            key = plan_key(source, s, settings.flags(precision), target.trt_version, target.compute_capability)
+            reuse = _reusable(folder, old.get(key))
+            if reuse is not None:
+                say(f"reuse TensorRT plan {reuse.file}")
+                out.append(reuse)
+                continue
+            onnx = onnx or _onnx(folder, manifest, name, precision, settings)
+            out.append(_build(folder, name, precision, onnx, s, key, source, settings, target, say))
+    return tuple(out)
+
+
+def _precisions(name: str, settings: BuildSettings) -> tuple[str, ...]:
+    """fp16 for every model; the VAEs also keep an fp32 plan to re-run with where fp16 overflows."""
+    return ("fp16", "fp32") if settings.fp32_vae_fallback and name in FP32_FALLBACK else ("fp16",)
+
+
+def source_id(manifest: Manifest, name: str, precision: str, settings: BuildSettings) -> str:
+    """Identity of the ONNX a plan is built from, known without converting: the fp32 graph's recorded sha256,
+    and for fp16 also the conversion settings and the converter's own code."""
+    fp32 = manifest.models[name].sha256
+    if precision == "fp32":
+        return fp32
+    payload = {"fp32": fp32, "fp16": settings.fp16_settings.to_json(),
+               "converter": hashlib.sha256(Path(fp16.__file__).read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _onnx(folder: Path, manifest: Manifest, name: str, precision: str, settings: BuildSettings) -> Path:
+    """The ONNX file to build from; converts the fp32 graph to fp16 (once per model and build)."""
     fp32 = folder / manifest.models[name].file
-    out = {"fp16": folder / "trt" / f"{name}.fp16.onnx"}
-    fp16.convert_file(fp32, out["fp16"], settings.fp16_settings)
-    if settings.fp32_vae_fallback and name in FP32_FALLBACK:
-        out["fp32"] = fp32
+    if precision == "fp32":
+        return fp32
+    out = folder / "trt" / f"{name}.fp16.onnx"
+    fp16.convert_file(fp32, out, settings.fp16_settings)
     return out
 
 
-def _plan(folder: Path, name: str, precision: str, onnx: Path, shapes: Shapes, settings: BuildSettings,
-          target: TrtTarget, old: dict[str, PlanEntry], say: Callable[[str], None]) -> PlanEntry:
-    onnx_sha = sha256_files(_onnx_files(onnx))
-    key = plan_key(onnx_sha, shapes, settings.flags(precision), target.trt_version, target.compute_capability)
-    reuse = old.get(key)
-    if reuse is not None and (folder / reuse.file).is_file() and sha256_files([folder / reuse.file]) == reuse.sha256:
-        say(f"reuse TensorRT plan {reuse.file}")
-        return reuse
+def _reusable(folder: Path, entry: PlanEntry | None) -> PlanEntry | None:
+    if entry is not None and (folder / entry.file).is_file() and sha256_files([folder / entry.file]) == entry.sha256:
+        return entry
+    return None
+
+
+def _build(folder: Path, name: str, precision: str, onnx: Path, shapes: Shapes, key: str, source: str,
+           settings: BuildSettings, target: TrtTarget, say: Callable[[str], None]) -> PlanEntry:
     file = plan_file(name, shapes, precision, key)
     say(f"build TensorRT plan {file} ({precision}, {dict(shapes)})")
     build_plan(onnx, shapes, folder / file, settings, timing_cache_path(settings, target))
     return PlanEntry(file, sha256_files([folder / file]), key, target.trt_version, target.compute_capability,
-                     dict(shapes), precision, onnx_sha)
+                     dict(shapes), precision, source)
 
 
 def build_plan(onnx: Path, shapes: Shapes, out: Path, settings: BuildSettings, timing_cache: Path) -> None:
@@ -174,11 +209,6 @@ def _progress_monitor(label: str) -> "trt.IProgressMonitor | None":
                     bar.close()
 
     return Monitor()
-
-
-def _onnx_files(onnx: Path) -> list[Path]:
-    data = onnx.with_name(onnx.name + ".data")
-    return [onnx, data] if data.is_file() else [onnx]
 
 
 def _remove_stale(folder: Path, plans: dict[str, tuple[PlanEntry, ...]]) -> None:

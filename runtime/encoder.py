@@ -91,13 +91,17 @@ class DpmEncoder:
         sample, t_buf = self.pool.get("enc.sample", (chunk, *lat)), self.pool.get("enc.t", (chunk,))
         emb = self.pool.get("enc.emb", (chunk, *spec_emb))
         res = self.pool.get("enc.res", (chunk, *lat))
+        # The timesteps go to the device once; each chunk's (m,) column is one gather by step index, not one
+        # host-to-device copy per sample. step_of: (N,) the step of each flat sample.
+        ts = timesteps.to(device=t_buf.device, dtype=t_buf.dtype)
+        step_of = torch.arange(n, device=t_buf.device).div_(b * groups, rounding_mode="floor")
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
+            torch.index_select(ts, 0, step_of[start: start + m], out=t_buf[:m])
             for j in range(m):  # sample j of the flat order (step, item, group)
                 step, rest = divmod(start + j, b * groups)
                 item, group = divmod(rest, groups)
                 sample[j].copy_(xs[step, item])
-                t_buf[j] = timesteps[step]
                 emb[j].copy_(text.uncond[0] if group == 0 and groups == 2 else text.cond[item])
             out[start: start + m].copy_(self._chunk(sample[:m], t_buf[:m], emb[:m], res[:m]))
             if self.progress is not None:

@@ -8,6 +8,9 @@ What replay returns are the *static output buffers* of the capture: the next rep
 caller that keeps a result must copy it out first. `fn` may also read and write other tensors of fixed address
 (a latent state, a device step counter): the graph replays on exactly those tensors.
 
+A capture that fails (an op that cannot be captured, a library that syncs) is not retried: that step runs
+eagerly from then on (phase EAGER), and the process logs one warning for all such steps (`FAILURES` counts them).
+
 The device is injected: `CudaGraphDevice` for torch.cuda.CUDAGraph, `NullGraphDevice` (no CUDA: capture records,
 replay re-runs eagerly) so the state machine is tested on CPU.
 """
@@ -15,17 +18,36 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from typing import Any, Callable, Protocol
 
 import torch
 
 Signature = tuple[tuple[str, tuple[int, ...], torch.dtype, torch.device], ...]
+log = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
     WARMUP = "warmup"
     CAPTURE = "capture"
     REPLAY = "replay"
+    EAGER = "eager"  # the capture failed: run fn directly, never capture again
+
+
+class CaptureFailures:
+    """Counts failed captures (each such step then runs eagerly); warns on the first only."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def note(self, err: Exception) -> None:
+        if self.count == 0:
+            log.warning("CUDA graph capture failed (%s: %s); those steps run eagerly from now on (warned once)",
+                        type(err).__name__, err)
+        self.count += 1
+
+
+FAILURES = CaptureFailures()
 
 
 class GraphSignatureError(ValueError):
@@ -60,6 +82,7 @@ class CapturedStep:
         self.signature: Signature | None = None
         self.static_inputs: dict[str, torch.Tensor] = {}
         self.captures = 0  # how many graphs were recorded (re-captures included)
+        self.failed = False  # a capture failed: eager for good, new shapes included
         self._warmups = 0
         self._graph: Any = None
 
@@ -77,12 +100,19 @@ class CapturedStep:
 
     def _run(self) -> Any:
         run = self._bound
+        if self.phase is Phase.EAGER:
+            return run()
         if self.phase is Phase.WARMUP and self._warmups < self.config.warmup_calls:
             self._warmups += 1
             return self.device.warmup(run)
         if self.phase is not Phase.REPLAY:
             self.phase = Phase.CAPTURE
-            self._graph = self.device.capture(run)
+            try:
+                self._graph = self.device.capture(run)
+            except Exception as err:  # noqa: BLE001 - any capture failure: fall back, do not retry
+                self.phase, self._graph, self.failed = Phase.EAGER, None, True
+                FAILURES.note(err)
+                return run()  # capture computed nothing: this call's result comes from an eager run
             self.captures += 1
             self.phase = Phase.REPLAY
         return self.device.replay(self._graph)  # right after capture too: capture itself computed nothing
@@ -93,7 +123,7 @@ class CapturedStep:
     def _start(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
         self.signature = sig
         self.static_inputs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in inputs.items()}
-        self.phase, self._warmups, self._graph = Phase.WARMUP, 0, None
+        self.phase, self._warmups, self._graph = Phase.EAGER if self.failed else Phase.WARMUP, 0, None
 
     def _changed(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
         if not self.config.recapture_on_shape_change:

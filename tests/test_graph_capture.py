@@ -11,8 +11,9 @@ from cyclediff.runtime.buffers import BufferPool
 from cyclediff.runtime.decoder import DdimDecoder, TargetText
 from cyclediff.runtime.device_steps import COEFS, DeviceDecoderStep, DeviceStepTable
 from cyclediff.runtime.graph_decoder import GraphDdimDecoder
+from cyclediff.runtime import graph_capture
 from cyclediff.runtime.graph_capture import (
-    CaptureConfig, CapturedStep, GraphSignatureError, NullGraphDevice, Phase,
+    CaptureConfig, CaptureFailures, CapturedStep, GraphSignatureError, NullGraphDevice, Phase,
 )
 from cyclediff.runtime.schedule import SchedulerConfig, StepTable
 
@@ -86,6 +87,38 @@ def test_shape_change_recaptures_when_enabled():
     step(x=torch.ones(5))
     assert step.captures == 2
     assert dev.events == ["warmup", "capture", "replay", "replay", "warmup", "capture", "replay"]
+
+
+class FailingCaptureDevice(NullGraphDevice):
+    """A device whose capture raises, as a CUDA capture does on an op it cannot record."""
+
+    def capture(self, fn):
+        self.events.append("capture")
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_a_failed_capture_falls_back_to_eager_for_good_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(graph_capture, "FAILURES", CaptureFailures())
+    devices = [FailingCaptureDevice(), FailingCaptureDevice()]
+    steps = [CapturedStep(lambda x: x * 2, d, CaptureConfig(warmup_calls=1)) for d in devices]
+    with caplog.at_level("WARNING", logger=graph_capture.__name__):
+        for i in range(5):
+            for step in steps:
+                assert torch.equal(step(x=torch.full((3,), float(i))), torch.full((3,), 2.0 * i))
+    for step, dev in zip(steps, devices):
+        assert dev.events == ["warmup", "capture"]  # never retried
+        assert step.phase is Phase.EAGER and step.captures == 0 and step.failed
+    assert graph_capture.FAILURES.count == 2
+    assert len(caplog.records) == 1 and "capture failed" in caplog.records[0].getMessage()
+
+
+def test_a_failed_step_stays_eager_for_a_new_shape(monkeypatch):
+    monkeypatch.setattr(graph_capture, "FAILURES", CaptureFailures())
+    dev = FailingCaptureDevice()
+    step = CapturedStep(lambda x: x + 1, dev, CaptureConfig(warmup_calls=0, recapture_on_shape_change=True))
+    step(x=torch.zeros(2))
+    assert step(x=torch.zeros(4)).tolist() == [1.0] * 4 and step.phase is Phase.EAGER
+    assert dev.events == ["capture"]
 
 
 def test_negative_warmup_is_refused():

@@ -1,13 +1,17 @@
 """TensorRT plan logic without TensorRT (keys, shapes, manifest entries, refusals); a real build where it exists."""
 from __future__ import annotations
 
+import gc
 import hashlib
+import sys
 import types
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
+from cyclediff.engine import tensorrt_backend as tb
 from cyclediff.engine.base import BackendError
 from cyclediff.engine.tensorrt_backend import check_binding, load_plans, pick_plan
 from cyclediff.export import plan_cache as pc
@@ -17,6 +21,7 @@ from cyclediff.export.tensorrt_build import BuildSettings, timing_cache_path
 
 DIMS = Dims(text_len=77, text_width=768, text_states=13, latent_channels=4, vae_scale=8, unet_downscale=8)
 SHAPES = {"sample": (2, 4, 64, 64), "timestep": (2,), "encoder_hidden_states": (2, 77, 768)}
+CPU = torch.device("cpu")
 KEY_ARGS = ("a" * 64, SHAPES, {"strongly_typed": True, "precision": "fp16"}, "10.13.0.35", "9.0")
 
 
@@ -154,6 +159,172 @@ def test_check_binding_refuses_wrong_shape_dtype_or_layout():
             check_binding("x", *args, (2, 4), torch.float32)
 
 
+def test_a_build_whose_plans_are_all_cached_converts_nothing(monkeypatch, tmp_path):
+    from cyclediff.export import fp16, tensorrt_build
+
+    converted, built = [], []
+    monkeypatch.setattr(tensorrt_build, "require_tensorrt", lambda need_builder: pc.TrtTarget("10.13.0.35", "9.0"))
+    monkeypatch.setattr(fp16, "convert_file", lambda src, dst, settings: converted.append(dst.name))
+
+    def build_plan(onnx, shapes, out, settings, timing_cache):
+        built.append(out.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(repr((onnx.name, sorted(shapes.items()))).encode())
+
+    monkeypatch.setattr(tensorrt_build, "build_plan", build_plan)
+    work = pc.Workload(batch=1, height=64, width=64, encoder_chunk=4)
+    first = tensorrt_build.build_all(tmp_path, _manifest(), work, say=lambda m: None)
+    assert sorted(converted) == sorted(f"{n}.fp16.onnx" for n in MODEL_NAMES)  # once per model, not per plan
+    assert len(built) == 1 + 2 + 2 + 2  # text encoder b1; UNet b2 (decoder), b4 (chunk); VAEs fp16 + fp32
+    converted.clear(), built.clear()
+    again = tensorrt_build.build_all(tmp_path, first, work, say=lambda m: None)
+    assert converted == [] and built == [] and pc.read_plans(again) == pc.read_plans(first)
+    other = BuildSettings(fp16_settings=fp16.Fp16Settings(fold_passes=2))  # changes the fp16 graph: rebuilt
+    tensorrt_build.build_all(tmp_path, again, work, other, say=lambda m: None)
+    assert len(converted) == len(MODEL_NAMES) and len(built) == 5  # the fp32 VAE plans are reused
+
+
+# ---- the runner against a fake TensorRT (the API's rules, not its kernels) ---------------------------------------
+
+class _Dims(list):
+    pass
+
+
+def _fake_trt() -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.Dims = _Dims
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(USER_MANAGED="user-managed")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.DataType = types.SimpleNamespace(FLOAT="f32", HALF="f16", BF16="bf16", INT32="i32", INT64="i64", INT8="i8",
+                                         UINT8="u8", BOOL="bool")
+    return trt
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    trt = _fake_trt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt
+
+
+class FakeContext:
+    """Follows TensorRT's rules: input shapes must lie in the (static) profile; output shapes are -1 until every
+    input shape is set."""
+
+    def __init__(self, engine: "FakeEngine", strategy):
+        self.engine, self.strategy = engine, strategy
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.memory: tuple[int, int] | None = None
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        self.memory = (ptr, size)
+
+    def set_input_shape(self, name: str, dims) -> bool:
+        if tuple(dims) != self.engine.profile[name]:  # also refuses -1
+            return False
+        self.shapes[name] = tuple(dims)
+        return True
+
+    def get_tensor_shape(self, name: str) -> _Dims:
+        if set(self.shapes) != set(self.engine.profile):
+            return _Dims([-1, *self.engine.declared[name][1:]])
+        return _Dims([self.shapes["sample"][0], *self.engine.declared[name][1:]])
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+
+class FakeEngine:
+    """A UNet-like engine: declared shapes keep -1 for the batch axis (ONNX's symbolic 'B'), as TensorRT does."""
+
+    def __init__(self, batch: int):
+        self.profile = {"sample": (batch, 4, 8, 8), "timestep": (batch,), "encoder_hidden_states": (batch, 77, 32)}
+        self.declared = {"sample": (-1, 4, 8, 8), "timestep": (-1,), "encoder_hidden_states": (-1, 77, 32),
+                         "noise_pred": (-1, 4, 8, 8)}
+        self.device_memory_size_v2 = 1000 * batch
+        self.contexts: list[FakeContext] = []
+
+    num_io_tensors = 4
+
+    def get_tensor_name(self, i: int) -> str:
+        return list(self.declared)[i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "out" if name == "noise_pred" else "in"
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return "f32"
+
+    def get_tensor_shape(self, name: str) -> _Dims:
+        return _Dims(self.declared[name])
+
+    def create_execution_context(self, strategy=None) -> FakeContext:
+        self.contexts.append(FakeContext(self, strategy))
+        return self.contexts[-1]
+
+
+def _record(batch: int, **over) -> dict[str, tuple[int, ...]]:
+    return {**FakeEngine(batch).profile, **over}
+
+
+def test_plan_shapes_come_from_the_record_and_the_context_not_the_engine(fake_trt):
+    engine = FakeEngine(4)
+    plan = tb.TrtPlan(engine, _record(4), None, "unet-b4")
+    assert plan.batch == 4 and plan.io["noise_pred"] == ((4, 4, 8, 8), torch.float32, False)
+    assert plan.io["timestep"] == ((4,), torch.float32, True)
+    assert engine.contexts[0].shapes == engine.profile  # set from the record: never -1
+
+
+def test_a_refused_input_shape_is_a_clear_error(fake_trt):
+    with pytest.raises(BackendError, match="refused input shape \\[2, 4, 8, 8\\] for 'sample'"):
+        tb.TrtPlan(FakeEngine(4), _record(4, sample=(2, 4, 8, 8)), None, "unet-b4")
+
+
+def test_record_and_engine_must_name_the_same_inputs(fake_trt):
+    record = _record(4)
+    del record["timestep"]
+    with pytest.raises(BackendError, match="does not give a shape"):
+        tb.TrtPlan(FakeEngine(4), record, None)
+
+
+def test_the_shared_workspace_lives_as_long_as_the_runners(fake_trt):
+    made: list[tb.Workspace] = []
+
+    def workspace(engines, device):
+        made.append(tb.Workspace(engines, device))
+        return made[-1]
+
+    engines = [FakeEngine(2), FakeEngine(16)]
+    entries = [_entry(shapes=_record(2)), _entry(shapes=_record(16))]
+    models = tb.build_models({(UNET, "fp16"): list(zip(engines, entries))}, _manifest(), CPU, None, workspace)
+    alive = weakref.ref(made.pop())
+    gc.collect()
+    assert alive() is not None and alive().nbytes == 16000  # the largest engine's need
+    ptr = alive().buffer.data_ptr()
+    assert all(c.memory == (ptr, 16000) and c.strategy == "user-managed" for e in engines for c in e.contexts)
+    assert models[(UNET, "fp16")].static_batches == (2, 16)
+    del models
+    gc.collect()
+    assert alive() is None  # owned by the runners, not leaked
+
+
+def test_each_bound_address_set_gets_its_own_context(fake_trt):
+    plan = tb.TrtPlan(FakeEngine(2), _record(2), None)
+    a, b = (("sample", 1), ("timestep", 2)), (("sample", 3), ("timestep", 4))
+    first = plan.context_for(a, capturing=False)
+    assert plan.context_for(a, capturing=False) is first and first.addresses == {"sample": 1, "timestep": 2}
+    assert plan.context_for(b, capturing=False) is not first
+    assert plan.context_for(a, capturing=True) is first  # the capture reuses the context its warm-up ran
+    with pytest.raises(BackendError, match="warm"):
+        plan.context_for((("sample", 9),), capturing=True)
+    for i in range(3 * tb.UNPINNED_CONTEXTS):  # eager address sets come and go; the captured one stays
+        plan.context_for((("sample", 100 + i),), capturing=False)
+    assert plan.context_for(a, capturing=False) is first
+    assert len(plan._contexts) <= tb.UNPINNED_CONTEXTS + 1
+
+
 # ---- needs TensorRT and a GPU: skipped here with the reason --------------------------------------------------
 
 @pytest.mark.tensorrt
@@ -177,9 +348,11 @@ def test_build_and_run_tiny_plans_match_onnxruntime(exports, tmp_path):
     assert pc.read_plans(build_all(folder, built, work, settings)) == pc.read_plans(built)  # all reused by key
     cuda = torch.device("cuda")
     runners = load_plans(folder, built, cuda)
+    latent_hw = (work.height // built.dims.vae_scale, work.width // built.dims.vae_scale)  # what the plans hold
+    assert pc.read_plans(built)[UNET][0].shapes["sample"][2:] == latent_hw
     for name, batch in [(TEXT_ENCODER, 1), (UNET, 2), (UNET, 3), (VAE_ENCODER, 1), (VAE_DECODER, 1)]:
         spec = built.models[name].spec  # UNet batch 3 runs padded in the batch-4 plan
-        feeds = sample_inputs(spec, built.dims, batch, (4, 4))
+        feeds = sample_inputs(spec, built.dims, batch, latent_hw)
         shapes = output_shapes(spec, {k: tuple(v.shape) for k, v in feeds.items()}, built.dims)
         ref = {k: torch.empty(s) for k, s in shapes.items()}
         got = {k: torch.empty(s, device=cuda) for k, s in shapes.items()}
