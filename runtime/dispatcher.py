@@ -129,8 +129,10 @@ class ModelDispatcher:
         """Called with _cond held. The oldest job, plus compatible queued UNet jobs that fit the limit."""
         deadline = time.monotonic() + self.config.wait_ms / 1000
         while True:
-            batch = self._compatible()
-            full = sum(j.size for j in batch) >= self._cap(batch[0])
+            head = self._queue[0]
+            cap = self._limit(head.key[0]) if head.key is not None else 0  # once per look: it reads the workspaces
+            batch = self._compatible(head, cap)
+            full = sum(j.size for j in batch) >= cap
             everyone_queued = len(self._queue) >= self._in_flight
             remaining = deadline - time.monotonic()
             if batch[0].key is None or full or everyone_queued or remaining <= 0:
@@ -140,14 +142,10 @@ class ModelDispatcher:
             self.stats["waits"] += 1
             self._cond.wait(remaining)
 
-    def _cap(self, head: _Job) -> int:
-        return self._limit(head.key[0]) if head.key is not None else 0
-
-    def _compatible(self) -> list[_Job]:
-        head = self._queue[0]
+    def _compatible(self, head: _Job, cap: int) -> list[_Job]:
         if head.key is None:
             return [head]
-        batch, total, cap = [head], head.size, self._cap(head)
+        batch, total = [head], head.size
         for job in self._queue[1:]:
             if job.key == head.key and total + job.size <= cap:
                 batch.append(job)
@@ -193,7 +191,8 @@ class ModelDispatcher:
         """Concatenate the jobs' feeds into merge buffers of the total size n: sample (n, C, h, w), timestep
         (n,), encoder_hidden_states (n, 77, D); out (n, C, h, w)."""
         n = sum(j.size for j in batch)
-        rows = max(n, self._cap(batch[0]))  # one buffer per merge key, sliced: not one per total size
+        # One buffer per merge key, sliced: the memory limit never exceeds max_batch, so the size stays put.
+        rows = max(n, self.config.max_batch)
         feeds = {}
         for name, t in batch[0].feeds.items():
             buf = self.pool.get(f"merge.{name}", (rows, *t.shape[1:]), t.dtype)[:n]

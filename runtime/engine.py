@@ -168,9 +168,7 @@ class Engine:
             raise ValueError("image is required: pass a PIL image, numpy array or torch tensor")
         d = self.manifest.dims
         prepared = images.preprocess(image, d.vae_scale, d.latent_channels)
-        h, w = prepared.tensor.shape[-2:]
-        lh, lw = (h, w) if prepared.is_latent else (h // d.vae_scale, w // d.vae_scale)
-        self._check_latent_hw(lh, lw)
+        self._check_latent_hw(*self._latent_hw(prepared))
         return images.Prepared(prepared.tensor.to(self.device), prepared.is_latent)
 
     def _latent_hw(self, prepared: images.Prepared) -> tuple[int, int]:

@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cyclediff.export.manifest import NEW_FILE_MODE
+
 
 class OutputError(ValueError):
     """An output location that cannot be written; the message names the user's path, never a temp file."""
@@ -52,7 +54,7 @@ class OutputSet:
             os.close(fd)
             self._staged[path] = Path(tmp)
             writer(Path(tmp))
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file what open() would
+            os.chmod(tmp, NEW_FILE_MODE)  # mkstemp makes 0600; give the file what open() would
         except OSError as err:
             raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
 
@@ -113,11 +115,3 @@ def _probe(path: Path) -> None:
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err} (in {folder})") from err
 
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once, at import: os.umask() sets it process-wide, a race when jobs run in threads
