@@ -20,11 +20,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Engine": "cyclediff.runtime.engine",
     "EditOutput": "cyclediff.runtime.engine",
-    "EditParams": "cyclediff.runtime.config",
-    "EngineConfig": "cyclediff.runtime.config",
-    "PRESETS": "cyclediff.runtime.config",
-    "LatentCode": "cyclediff.runtime.latent_code",
-    "LatentCodeError": "cyclediff.runtime.latent_code",
+    "EditParams": "cyclediff.runtime.core.config",
+    "EngineConfig": "cyclediff.runtime.core.config",
+    "PRESETS": "cyclediff.runtime.core.config",
+    "LatentCode": "cyclediff.runtime.core.latent_code",
+    "LatentCodeError": "cyclediff.runtime.core.latent_code",
 }
 __all__ = list(_EXPORTS)
 

@@ -315,10 +315,10 @@ def cyclediff_cases(engine, image, s: Setup) -> list[Case]:
 def stage_times(engine, image, s: Setup) -> dict[str, float]:
     """Per-stage medians from the Engine's own components (each run alone, same shapes as an edit)."""
     from cyclediff.export.models import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
-    from cyclediff.runtime.decoder import TargetText
-    from cyclediff.runtime.encoder import SourceText
-    from cyclediff.runtime.images import preprocess
-    from cyclediff.runtime.schedule import StepTable
+    from cyclediff.runtime.core.images import preprocess
+    from cyclediff.runtime.core.schedule import StepTable
+    from cyclediff.runtime.methods.cycle.decoder import TargetText
+    from cyclediff.runtime.methods.cycle.encoder import SourceText
 
     d, dev, run = engine.manifest.dims, engine.device, engine.runners
     table = StepTable.build(engine.scheduler, s.steps, s.strength, s.eta)
@@ -336,7 +336,7 @@ def stage_times(engine, image, s: Setup) -> dict[str, float]:
     moments = {t.name: torch.empty(lat, device=dev) for t in run[VAE_ENCODER].spec.outputs}
     out = torch.empty((1, 3, pixels.shape[2], pixels.shape[3]), device=dev)
     quick = dataclasses.replace(s, warmup=max(1, s.warmup // 2))
-    from cyclediff.runtime.buffers import BufferPool
+    from cyclediff.runtime.core.buffers import BufferPool
 
     pool = BufferPool(dev)  # the stage timings' own workspace; UNet calls still go through the dispatcher
     encoder, decoder = engine.make_encoder(pool), engine.make_decoder(pool)

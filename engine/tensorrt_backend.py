@@ -270,7 +270,7 @@ def _deserialize(runtime: "trt.Runtime", folder: Path, entry: PlanEntry, hint: s
 
 def _with_fallbacks(models: dict[tuple[str, str], TrtModel]) -> dict[str, ModelRunner]:
     """fp16 runners; VAEs with an fp32 plan are guarded (re-run in fp32 where fp16 overflows)."""
-    from cyclediff.runtime.precision import DECODE_GUARD, ENCODE_GUARD, GuardedRunner
+    from cyclediff.runtime.core.precision import DECODE_GUARD, ENCODE_GUARD, GuardedRunner
 
     missing = [name for name in MODEL_NAMES if (name, "fp16") not in models]
     if missing:

@@ -196,9 +196,9 @@ class _Run:
             return files
 
     def _memory_extra(self, records: dict[str, ModelRecord]) -> dict[str, Any]:
-        """What runtime/memory_plan.py reads: the architecture sizes and whether the UNet's attention is fused."""
+        """What runtime/core/memory_plan.py reads: the architecture sizes and whether the UNet's attention is fused."""
         from cyclediff.export import ort_optimize
-        from cyclediff.runtime.memory_plan import ArchProfile
+        from cyclediff.runtime.core.memory_plan import ArchProfile
 
         fused = ort_optimize.summary(self.out / records[models.UNET].files[0])
         return {"ort_attention": {models.UNET: fused},
@@ -211,7 +211,7 @@ class _Run:
 
     def _manifest(self, records: dict[str, ModelRecord], tokenizer_files: dict[str, str],
                   previous: dict[str, Any] | None) -> Manifest:
-        from cyclediff.runtime.schedule import SchedulerConfig
+        from cyclediff.runtime.core.schedule import SchedulerConfig
 
         entries = {n: ModelEntry(r.files[0], r.sha256, self.specs[n], r.files[1:]) for n, r in records.items()}
         manifest = Manifest(

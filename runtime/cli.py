@@ -14,7 +14,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from cyclediff.runtime import verbosity
-from cyclediff.runtime.config import BACKENDS, PRESETS, EditParams
+from cyclediff.runtime.core.config import BACKENDS, PRESETS, EditParams
 from cyclediff.runtime.outputs import OutputSet
 
 PROG = "cyclediff-run"
@@ -208,7 +208,7 @@ def load_engine(args: argparse.Namespace, progress: bool | None = None):
 
 def edit_params(args: argparse.Namespace) -> EditParams:
     """The preset (or diffusers' defaults) with every explicitly given flag on top; validated by EditParams."""
-    from cyclediff.runtime.schedule import num_edit_steps
+    from cyclediff.runtime.core.schedule import num_edit_steps
 
     given = {field: getattr(args, dest) for dest, field in PARAM_FLAGS.items() if getattr(args, dest) is not None}
     try:
@@ -307,7 +307,7 @@ def warn_size(image: PIL.Image.Image, native: int, where: str = "") -> None:
 
 
 def _load_code(path: str):
-    from cyclediff.runtime.latent_code import LatentCode
+    from cyclediff.runtime.core.latent_code import LatentCode
 
     if not Path(path).is_file():
         raise CliError(f"--code {path}: no such file")

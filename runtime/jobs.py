@@ -20,7 +20,7 @@ from typing import Any
 import PIL.Image
 
 from cyclediff.runtime import cli
-from cyclediff.runtime.config import PRESETS, EditParams
+from cyclediff.runtime.core.config import PRESETS, EditParams
 from cyclediff.runtime.outputs import OutputSet
 
 KEYS = ("image", "source_prompt", "prompt", "out", "settings")
@@ -187,7 +187,7 @@ def _settings(value: Any) -> dict[str, Any]:
 
 
 def _params(settings: dict[str, Any]) -> EditParams:
-    from cyclediff.runtime.schedule import num_edit_steps
+    from cyclediff.runtime.core.schedule import num_edit_steps
 
     fields = {k: v for k, v in settings.items() if k in (*_NUMBERS, "num_inference_steps")}
     try:

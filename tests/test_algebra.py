@@ -8,11 +8,11 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import Dims, specs
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.decoder import DdimDecoder, TargetText
-from cyclediff.runtime.encoder import DpmEncoder, SourceText
-from cyclediff.runtime.noise import NoiseSource
-from cyclediff.runtime.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.noise import NoiseSource
+from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.methods.cycle.decoder import DdimDecoder, TargetText
+from cyclediff.runtime.methods.cycle.encoder import DpmEncoder, SourceText
 
 DIMS = Dims(text_len=7, text_width=5, text_states=2, latent_channels=4, vae_scale=2)
 
@@ -129,7 +129,7 @@ def test_strength_truncates_like_python(steps, strength, expected):
     ("timestep_spacing", "karras", "timestep_spacing"),
 ])
 def test_unservable_scheduler_configs_are_refused(field, value, message):
-    from cyclediff.runtime.schedule import ScheduleError
+    from cyclediff.runtime.core.schedule import ScheduleError
 
     with pytest.raises(ScheduleError, match=message):
         SchedulerConfig.from_diffusers({"beta_schedule": "scaled_linear", field: value})
@@ -142,7 +142,7 @@ def test_steps_offset_is_forced_to_one_like_the_reference():
 
 def test_captured_encoder_chunks_give_the_same_code():
     """Graph capture of the encoder's UNet chunks (a null device here: capture records, replay re-runs)."""
-    from cyclediff.runtime.graph_capture import NullGraphDevice
+    from cyclediff.runtime.core.graph_capture import NullGraphDevice
 
     pool, unet, table, x0, text, uncond = _setup()
     source = SourceText(text, uncond, 2.0)

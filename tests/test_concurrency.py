@@ -17,7 +17,7 @@ from reference import sample_image
 from cyclediff import Engine, LatentCode
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import UNET, ModelSpec, TensorSpec
-from cyclediff.runtime.dispatcher import BatchingConfig, ModelDispatcher
+from cyclediff.runtime.core.dispatcher import BatchingConfig, ModelDispatcher
 
 BACKENDS = ["onnxruntime", "torch"]
 

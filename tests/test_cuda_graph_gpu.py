@@ -16,12 +16,12 @@ from test_concurrency import Boom, _compare, _requests
 
 from cyclediff import Engine, LatentCode
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.decoder import DdimDecoder, TargetText
-from cyclediff.runtime import graph_capture
-from cyclediff.runtime.graph_capture import CudaGraphDevice, Phase
-from cyclediff.runtime.graph_decoder import GraphDdimDecoder
-from cyclediff.runtime.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.core import graph_capture
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.graph_capture import CudaGraphDevice, Phase
+from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.methods.cycle.decoder import DdimDecoder, TargetText
+from cyclediff.runtime.methods.cycle.graph_decoder import GraphDdimDecoder
 
 pytestmark = [
     pytest.mark.gpu,

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import sample_image
 
 from cyclediff import Engine
-from cyclediff.runtime.memory_plan import MemoryBudgetError
-from reference import sample_image
+from cyclediff.runtime.core.memory_plan import MemoryBudgetError
 
 
 def test_a_call_over_the_budget_is_refused_before_allocating(exports):

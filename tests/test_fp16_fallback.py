@@ -6,7 +6,7 @@ import torch
 
 from cyclediff.export import checkpoint, models
 from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
-from cyclediff.runtime.backends import fp16_runners
+from cyclediff.runtime.core.backends import fp16_runners
 
 CPU = torch.device("cpu")
 

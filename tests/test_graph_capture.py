@@ -6,16 +6,20 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import Dims, specs
-from cyclediff.runtime import ddim
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.decoder import DdimDecoder, TargetText
-from cyclediff.runtime.device_steps import COEFS, DeviceDecoderStep, DeviceStepTable
-from cyclediff.runtime.graph_decoder import GraphDdimDecoder
-from cyclediff.runtime import graph_capture
-from cyclediff.runtime.graph_capture import (
-    CaptureConfig, CaptureFailures, CapturedStep, GraphSignatureError, NullGraphDevice, Phase,
+from cyclediff.runtime.core import ddim, graph_capture
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.graph_capture import (
+    CaptureConfig,
+    CapturedStep,
+    CaptureFailures,
+    GraphSignatureError,
+    NullGraphDevice,
+    Phase,
 )
-from cyclediff.runtime.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.methods.cycle.decoder import DdimDecoder, TargetText
+from cyclediff.runtime.methods.cycle.device_steps import COEFS, DeviceDecoderStep, DeviceStepTable
+from cyclediff.runtime.methods.cycle.graph_decoder import GraphDdimDecoder
 
 CPU = torch.device("cpu")
 DIMS = Dims(text_len=7, text_width=5, text_states=2, latent_channels=4, vae_scale=2)

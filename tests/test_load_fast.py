@@ -17,7 +17,7 @@ from cyclediff.export.cli import main as export_main
 from cyclediff.export.integrity import Sampling
 from cyclediff.export.manifest import MANIFEST, Manifest, ManifestError, sha256_files
 from cyclediff.export.pipeline import run
-from cyclediff.runtime import backends
+from cyclediff.runtime.core import backends
 
 CPU = torch.device("cpu")
 SMALL = Sampling(block=4096, max_blocks=4)  # leaves most of every file unsampled, so "fast" can miss a change

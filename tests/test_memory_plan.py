@@ -8,7 +8,7 @@ import torch
 
 from cyclediff.export.manifest import Manifest
 from cyclediff.export.models import Dims
-from cyclediff.runtime.memory_plan import (
+from cyclediff.runtime.core.memory_plan import (
     ArchProfile,
     GiB,
     MemoryBudgetError,
@@ -142,7 +142,7 @@ def _rss_peak_delta(run) -> int:
 def test_plan_bounds_a_measured_unet_call(exports):
     """The planner's UNet bytes are an upper bound of a real call's peak RSS (tiny export, onnxruntime)."""
     from cyclediff.export.models import UNET, output_shapes, sample_inputs
-    from cyclediff.runtime import backends
+    from cyclediff.runtime.core import backends
 
     folder = exports("tiny")
     m = Manifest.load(folder)
@@ -161,7 +161,7 @@ def test_onnxruntime_cpu_sessions_share_one_arena(exports):
     """Each CPU session's own arena kept its largest run for the session's life (UNet chunk + VAE, summed);
     sessions with use_env_allocators take activations from the one arena registered for the process."""
     from cyclediff.engine import onnxruntime_backend as ortb
-    from cyclediff.runtime import backends
+    from cyclediff.runtime.core import backends
 
     folder = exports("tiny")
     runners = backends.load_runners(folder, Manifest.load(folder), "onnxruntime", torch.device("cpu"))

@@ -36,7 +36,7 @@ def lib() -> ctypes.CDLL:
 
 
 def test_params_default_match_python_edit(lib):
-    from cyclediff.runtime.config import EditParams
+    from cyclediff.runtime.core.config import EditParams
 
     p, py = lib.cyclediff_params_default(), EditParams()
     assert (p.strength, p.num_inference_steps, p.guidance_scale, p.source_guidance_scale, p.eta) == (

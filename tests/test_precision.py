@@ -8,8 +8,12 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import Dims, specs
-from cyclediff.runtime.precision import (
-    GuardedRunner, OverflowGuard, all_finite, run_vae_decode_guarded, run_vae_encode_guarded,
+from cyclediff.runtime.core.precision import (
+    GuardedRunner,
+    OverflowGuard,
+    all_finite,
+    run_vae_decode_guarded,
+    run_vae_encode_guarded,
 )
 
 DIMS = Dims(text_len=7, text_width=5, text_states=2, latent_channels=4, vae_scale=2)

@@ -161,7 +161,7 @@ def test_save_code_checked_before_compute_too(tmp_path):
 
 
 def test_a_failing_code_write_removes_the_images_and_created_folders(engine_dir, tmp_path, monkeypatch, capsys):
-    from cyclediff.runtime.latent_code import LatentCode
+    from cyclediff.runtime.core.latent_code import LatentCode
 
     def full_disk(self, path):
         Path(path).write_bytes(b"half")  # what a real failure leaves: part of the file

@@ -1,13 +1,12 @@
 """The runtime's tokenizer (tokenizers package on tokenizer.json) gives transformers' CLIPTokenizer ids."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from transformers import CLIPTokenizer
 
 from cyclediff.export.manifest import TOKENIZER_DIR
-from cyclediff.runtime.tokenizer import ClipTokenizer
+from cyclediff.runtime.core.tokenizer import ClipTokenizer
 
 PROMPTS = ["a photo of a cat", "", "Ünïcödé  TEXT,   with   spaces!! 🐱‍👤 東京", "word " * 120,
            "it's a dog's life; isn't it?", "İstanbul ΣΊΣΥΦΟΣ naïve café"]

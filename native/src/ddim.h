@@ -1,4 +1,4 @@
-// ddim.h: CycleDiffusion's DDIM arithmetic on float32 arrays of n elements, in runtime/ddim.py's op order.
+// ddim.h: CycleDiffusion's DDIM arithmetic on float32 arrays of n elements, in runtime/core/ddim.py's op order.
 #pragma once
 
 #include <cstddef>

@@ -1,4 +1,4 @@
-// decoder.cpp: runtime/decoder.py: batch [uncond × B, cond × B] with guidance, [cond × B] without.
+// decoder.cpp: runtime/methods/cycle/decoder.py: batch [uncond × B, cond × B] with guidance, [cond × B] without.
 #include "decoder.h"
 
 #include <cstring>

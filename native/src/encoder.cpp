@@ -1,4 +1,4 @@
-// encoder.cpp: runtime/encoder.py in C++: same draw order, same flat (step, item, group) UNet batching.
+// encoder.cpp: runtime/methods/cycle/encoder.py in C++: same draw order, same flat (step, item, group) UNet batching.
 #include "encoder.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// images.h: RGB8 <-> model tensors, numerically as runtime/images.py for images already a multiple in size.
+// images.h: RGB8 <-> model tensors, numerically as runtime/core/images.py for images already a multiple in size.
 #pragma once
 
 #include <cstddef>

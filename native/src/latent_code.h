@@ -25,7 +25,7 @@ struct LatentCode {
     int64_t batch() const { return x_T.shape.empty() ? 0 : x_T.shape[0]; }
     // CODE_MISMATCH unless the shapes and metadata agree with each other.
     void check_consistent() const;
-    // runtime/latent_code.py LatentCode.save / load: safetensors with "format" and "meta" metadata.
+    // runtime/core/latent_code.py LatentCode.save / load: safetensors with "format" and "meta" metadata.
     void save(const std::string &path) const;
     static LatentCode load(const std::string &path);
 };

@@ -1,4 +1,4 @@
-// params.h: defaults and range checks of cyclediff_params / cyclediff_engine_options (runtime/config.py).
+// params.h: defaults and range checks of cyclediff_params / cyclediff_engine_options (runtime/core/config.py).
 #pragma once
 
 #include "cyclediff.h"

@@ -1,4 +1,4 @@
-// schedule.cpp: the float32 arithmetic of runtime/schedule.py (torch CPU kernels) and numpy's timestep math.
+// schedule.cpp: the float32 arithmetic of runtime/core/schedule.py (torch CPU kernels) and numpy's timestep math.
 #include "schedule.h"
 
 #include <cmath>
@@ -82,7 +82,7 @@ void apply_sqrt(std::vector<float> &v, SqrtFn sqrt_fn) {
     for (float &x : v) x = std::sqrt(x);
 }
 
-// The coefficients of runtime/schedule.py _append_coefs for every step at once (so sqrt_fn sees vectors).
+// The coefficients of runtime/core/schedule.py _append_coefs for every step at once (so sqrt_fn sees vectors).
 void fill_coefs(StepTable &s, const std::vector<float> &ac, float final_alpha, int64_t ratio, SqrtFn sqrt_fn) {
     const float eta = static_cast<float>(s.eta);
     std::vector<float> a_t, a_prev, variance;

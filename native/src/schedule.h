@@ -1,4 +1,4 @@
-// schedule.h: DDIM schedule tables from the manifest's scheduler config, as runtime/schedule.py computes them.
+// schedule.h: DDIM schedule tables from the manifest's scheduler config, as runtime/core/schedule.py computes them.
 #pragma once
 
 #include <cstdint>

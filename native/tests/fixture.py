@@ -38,7 +38,7 @@ def _image(size: int) -> np.ndarray:
 
 def _recording():
     """Patch NoiseSource.randn_into to keep a copy of every draw, in order."""
-    from cyclediff.runtime.noise import NoiseSource
+    from cyclediff.runtime.core.noise import NoiseSource
 
     draws: list[np.ndarray] = []
     original = NoiseSource.randn_into
@@ -100,8 +100,8 @@ def parity(out: Path, ckpt: str = "tiny") -> None:
 
 def check_code(out: Path, ckpt: str = "tiny") -> None:
     """The codes the C++ test saved (cpp_code_<case>.safetensors) load in Python, equal Python's, and decode."""
+    from cyclediff.runtime.core.latent_code import LatentCode
     from cyclediff.runtime.engine import Engine
-    from cyclediff.runtime.latent_code import LatentCode
 
     eng = Engine.load(out.parent / f"export-{ckpt}", backend="torch", progress=False)
     cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))["cases"]

@@ -78,7 +78,7 @@ REQUESTS = [(50, 0.8, 0.1), (10, 1.0, 0.0), (100, 0.29, 0.7), (7, 0.5, 1.0), (3,
 
 def schedule(out: Path) -> None:
     """out/schedule_golden.json: SchedulerConfig.to_json, alphas_cumprod and StepTables, floats as exact numbers."""
-    from cyclediff.runtime.schedule import ScheduleError, SchedulerConfig, StepTable
+    from cyclediff.runtime.core.schedule import ScheduleError, SchedulerConfig, StepTable
 
     cases = []
     for name, raw in SCHEDULERS.items():

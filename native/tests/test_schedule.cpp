@@ -1,4 +1,4 @@
-// test_schedule.cpp: C++ DDIM tables == runtime/schedule.py's, bit for bit, on the golden configs.
+// test_schedule.cpp: C++ DDIM tables == runtime/core/schedule.py's, bit for bit, on the golden configs.
 #include <nlohmann/json.hpp>
 
 #include <cstring>

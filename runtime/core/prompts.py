@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.tokenizer import ClipTokenizer
+from cyclediff.runtime.core.tokenizer import ClipTokenizer
 
 log = logging.getLogger("cyclediff")
 _CACHE_SIZE = 64

@@ -11,8 +11,8 @@ import dataclasses
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime import ddim
-from cyclediff.runtime.schedule import StepTable
+from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core.schedule import StepTable
 
 COEFS = ("timestep", "sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma")
 

@@ -6,11 +6,11 @@ from typing import Callable
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.decoder import Callback, DdimDecoder, TargetText
-from cyclediff.runtime.device_steps import DeviceDecoderStep, DeviceStepTable
-from cyclediff.runtime.graph_capture import CaptureConfig, CapturedStep, CudaGraphDevice, GraphDevice
-from cyclediff.runtime.schedule import StepTable
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.graph_capture import CaptureConfig, CapturedStep, CudaGraphDevice, GraphDevice
+from cyclediff.runtime.core.schedule import StepTable
+from cyclediff.runtime.methods.cycle.decoder import Callback, DdimDecoder, TargetText
+from cyclediff.runtime.methods.cycle.device_steps import DeviceDecoderStep, DeviceStepTable
 
 # (batch, latent shape, guidance groups, steps K, with noise): what a captured step graph is specific to
 Key = tuple[int, tuple[int, ...], int, int, bool]

@@ -12,11 +12,11 @@ from typing import Callable
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime import ddim
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.graph_capture import CapturedStep, GraphDevice
-from cyclediff.runtime.noise import NoiseSource
-from cyclediff.runtime.schedule import StepTable
+from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
+from cyclediff.runtime.core.noise import NoiseSource
+from cyclediff.runtime.core.schedule import StepTable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16; lat = C·h·
         their softmax, (heads, T, T) each, where the backend materializes them (unfused ONNX attention).
   VAE, per image at pixels H×W = (h·f)×(w·f):  e·(a_vae·W_vae·H·W + s·(h·w)²·[VAE scores materialized])
         W_vae: channels at full pixel size (128 for SD v1); the VAE's mid-block attention has one head at h×w.
-  Engine buffers (runtime/encoder.py, decoder.py, engine.py), B images, K steps, g_s / g_t = 2 when the source /
+  Engine buffers (runtime/methods/cycle/encoder.py, decoder.py, engine.py), B images, K steps, g_s / g_t = 2 when the source /
         target branch is guided, else 1:  lat·[2(K+1)B (xs and the code's copy) + K·B·(3 + g_s + [g_s = 2])
         (eps, z, ztmp, the flat UNet output, gtmp) + (9 + 2g_t)·B (noise, decoder, moments)]
         + chunk·(2·lat + emb) (the chunk's sample, result, text) + g_t·B·emb + 4 pixel-sized copies per image.

@@ -117,7 +117,7 @@ def _overflows_in_fp16(spec) -> bool:
 
 def _guarded(fp16: ModelRunner, spec, fp32_factory) -> ModelRunner:
     """The VAE parts re-run in fp32 when fp16 output is non-finite; others run as they are."""
-    from cyclediff.runtime.precision import GuardedRunner, OverflowGuard
+    from cyclediff.runtime.core.precision import GuardedRunner, OverflowGuard
 
     if not _overflows_in_fp16(spec):
         return fp16

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from cyclediff.runtime.buffers import BufferPool
+from cyclediff.runtime.core.buffers import BufferPool
 
 
 class Workspaces:

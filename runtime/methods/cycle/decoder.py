@@ -7,9 +7,9 @@ from typing import Callable
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime import ddim
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.schedule import StepTable
+from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.schedule import StepTable
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 

@@ -22,8 +22,8 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import UNET
-from cyclediff.runtime.buffers import BufferPool
-from cyclediff.runtime.graph_capture import CapturedStep, GraphDevice
+from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 
 Tensors = Mapping[str, torch.Tensor]
 # What a UNet job may be merged on: (sample shape[1:], text shape[1:], dtypes, device)

@@ -1,0 +1,1 @@
+"""One package per editing method, each built on cyclediff.runtime.core."""

@@ -1,0 +1,1 @@
+"""CycleDiffusion: the DPM-Encoder (image -> LatentCode) and the DDIM decoder with recorded noises."""
