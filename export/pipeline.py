@@ -182,14 +182,18 @@ class _Run:
         raise ExportError(f"could not export {name}:\n  " + "\n  ".join(failures))
 
     def _ort_attention(self, name: str, files: list[Path]) -> list[Path]:
-        """The UNet with ONNX Runtime's fused, non-materializing attention (export/ort_optimize.py), verified
-        like any graph after this; the unfused graph, with a message, if the optimizer cannot fuse it."""
-        if name != models.UNET or not self.settings.ort_attention:
+        """The UNet (export/ort_optimize.py) and the VAE graphs (export/sdpa_fusion.py) with fused,
+        non-materializing attention, verified like any graph after this; the unfused graph, with a message,
+        if the fusion fails."""
+        if name not in (models.UNET, models.VAE_ENCODER, models.VAE_DECODER) or not self.settings.ort_attention:
             return files
-        from cyclediff.export import ort_optimize
+        from cyclediff.export import ort_optimize, sdpa_fusion
 
         try:
-            return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
+            if name == models.UNET:
+                return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
+            # ORT's optimizer does not match the VAE's attention; our own pass does (export/sdpa_fusion.py).
+            return sdpa_fusion.fuse_file(files[0], self.settings.external_data_bytes)
         except Exception as err:  # noqa: BLE001 -- the optimizer's pattern matchers raise anything
             self.progress.write(f"{name}: ONNX Runtime's attention fusion failed ({_first_line(err)}); keeping "
                                 "the unfused graph, whose attention holds all (T, T) scores")
@@ -200,8 +204,13 @@ class _Run:
         from cyclediff.export import ort_optimize
         from cyclediff.runtime.core.memory_plan import ArchProfile
 
-        fused = ort_optimize.summary(self.out / records[models.UNET].files[0])
-        return {"ort_attention": {models.UNET: fused},
+        from cyclediff.export import sdpa_fusion
+
+        fused: dict[str, Any] = {models.UNET: ort_optimize.summary(self.out / records[models.UNET].files[0])}
+        for vae in (models.VAE_ENCODER, models.VAE_DECODER):
+            count = sdpa_fusion.fused_count(self.out / records[vae].files[0])
+            fused[vae] = {"attention": "MultiHeadAttention", "fused": count} if count else None
+        return {"ort_attention": fused,
                 "memory_profile": ArchProfile.of(self.comps.unet.config, self.comps.vae.config).to_json()}
 
     def _verify(self, name: str, path: Path) -> Parity:
@@ -317,9 +326,9 @@ def _code_identity() -> dict[str, str]:
     from cyclediff.export import onnx_export
 
     h = hashlib.sha256()
-    from cyclediff.export import ort_optimize
+    from cyclediff.export import ort_optimize, sdpa_fusion
 
-    for module in (models, onnx_export, ort_optimize):
+    for module in (models, onnx_export, ort_optimize, sdpa_fusion):
         h.update(Path(module.__file__).read_bytes())
     tools = _tools()
     return {"cyclediff": tools["cyclediff"], "torch": tools["torch"], "onnx": tools["onnx"],

@@ -187,7 +187,8 @@ class MemoryPlanner:
 
     @property
     def vae_scores_materialized(self) -> bool:
-        return self.backend == "onnxruntime"  # the VAE graphs are not fused
+        # Exports before the VAE fusion (export/sdpa_fusion.py) record no "vae_decoder" entry: materialized.
+        return self.backend == "onnxruntime" and not (self.manifest.extra.get("ort_attention") or {}).get("vae_decoder")
 
     def _elem(self) -> int:
         return 2 if self.dtype == "fp16" else 4
