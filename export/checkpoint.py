@@ -173,7 +173,7 @@ def _single_file_fix(config: str | None) -> str:
 
 def validate(comps: Components) -> None:
     """Refuse what CycleDiffusion cannot serve, with the reason and the fix."""
-    from cyclediff.runtime.schedule import SchedulerConfig
+    from cyclediff.runtime.core.schedule import SchedulerConfig
 
     SchedulerConfig.from_diffusers(comps.scheduler_config)  # raises on non-DDIM-compatible configs
     unet_cfg = comps.unet.config
