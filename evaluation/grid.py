@@ -1,0 +1,93 @@
+"""The sweep's settings grid: common axes, per-method options, and the candidates it makes per triplet."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+from cyclediff.eval.metrics import METRICS
+
+
+class GridError(ValueError):
+    """A grid that cannot be swept; the message names the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepGrid:
+    """Every candidate of one triplet: guidance_scales x strengths x etas x method options x trials.
+
+    options: the method's own axes as (name, values) pairs, e.g. (("source_guidance_scale", (1.0, 2.0)),).
+    Trial t uses seed `seed + t` for every triplet and setting (common random numbers across settings)."""
+
+    method: str = "cycle"
+    guidance_scales: tuple[float, ...] = (2.0,)
+    strengths: tuple[float, ...] = (0.8,)
+    etas: tuple[float, ...] = (0.1,)
+    trials: int = 1
+    steps: int = 50
+    seed: int = 0
+    options: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    def __post_init__(self):
+        for flag, values in (("--guidance-scale", self.guidance_scales), ("--strength", self.strengths),
+                             ("--eta", self.etas), *((f"--option {k}", v) for k, v in self.options)):
+            _check_axis(flag, values)
+        if not 0 < min(self.strengths) or max(self.strengths) > 1:
+            raise GridError(f"--strength values must be in (0, 1], got {list(self.strengths)}")
+        if min(self.etas) < 0:
+            raise GridError(f"--eta values must be >= 0, got {list(self.etas)}")
+        for flag, n, low in (("--trials", self.trials, 1), ("--steps", self.steps, 1), ("--seed", self.seed, 0)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < low:
+                raise GridError(f"{flag} must be an integer >= {low}, got {n!r}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + t for t in range(self.trials))
+
+    def option_values(self, name: str, default: float) -> tuple[float, ...]:
+        return dict(self.options).get(name, (default,))
+
+    def size(self) -> int:
+        """Candidates per triplet."""
+        n = len(self.guidance_scales) * len(self.strengths) * len(self.etas) * self.trials
+        return n * math.prod(len(v) for _, v in self.options)
+
+
+def product(**axes: tuple[float, ...]) -> list[dict[str, float]]:
+    """Every combination of the named axes, in the order given (the first axis varies slowest)."""
+    names = list(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
+
+
+def parse_values(flag: str, text: str) -> tuple[float, ...]:
+    """'1,2,3' -> (1.0, 2.0, 3.0); duplicates and order kept as given (the grid is what the user wrote)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise GridError(f"{flag} {text!r}: give comma-separated numbers, e.g. {flag} 1,2,3")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise GridError(f"{flag} {text!r}: not a comma-separated list of numbers") from None
+    _check_axis(flag, values)
+    return values
+
+
+def parse_option(text: str) -> tuple[str, tuple[float, ...]]:
+    """'name=1,2' -> ('name', (1.0, 2.0))."""
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip():
+        raise GridError(f"--option {text!r}: write NAME=V1,V2 (e.g. --option source_guidance_scale=1,2)")
+    return name.strip(), parse_values(f"--option {name.strip()}", values)
+
+
+def check_metric(name: str) -> str:
+    if name not in METRICS:
+        raise GridError(f"unknown metric {name!r} for --select; choose one of {', '.join(METRICS)}")
+    return name
+
+
+def _check_axis(flag: str, values: tuple[float, ...]) -> None:
+    if not values:
+        raise GridError(f"{flag}: empty grid axis; give at least one value")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise GridError(f"{flag}: values must be finite numbers, got {list(values)}")

@@ -1,0 +1,77 @@
+"""Editing methods the sweep can evaluate. A method turns one triplet and one encoding's settings into
+candidate images; add a method by writing a class with the same three members and registering it in METHODS.
+
+Hook for the methods being added to the engine (Pix2Pix-Zero, latent guidance): their `encodings` list the
+settings that share one inversion/encoding, `decodings` the ones decoded from it, and `run` calls the engine.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, Protocol
+
+import PIL.Image
+import torch
+
+from cyclediff.eval.grid import GridError, SweepGrid, product
+
+
+class Method(Protocol):
+    name: str
+    options: dict[str, float]  # the method's own grid axes and their defaults (--option NAME=V1,V2)
+
+    def encodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        """Settings that each need their own encoding of the image (shared by every trial's decodes)."""
+
+    def decodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        """Settings decoded from one encoding."""
+
+    def run(self, engine, image: PIL.Image.Image, source: str, target: str, encoding: dict[str, float],
+            decodings: list[dict[str, float]], grid: SweepGrid) -> torch.Tensor:
+        """Images (len(decodings), trials, 3, H, W) on [0, 1]: decoding d of trial t at [d, t]."""
+
+
+class CycleMethod:
+    """CycleDiffusion: one DPM-Encoder pass per (strength, eta, source guidance) for all trials at once (one
+    generator per trial: item t equals the single edit with seed t), then every guidance scale decoded from
+    that code by concurrent engine.decode calls, whose UNet calls the engine merges into batched ones.
+
+    source_guidance_scale applies to the encoding as given (Engine.edit, like diffusers, ignores it when
+    guidance_scale <= 1)."""
+
+    name = "cycle"
+    options: ClassVar[dict[str, float]] = {"source_guidance_scale": 1.0}
+
+    def encodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        return product(strength=grid.strengths, eta=grid.etas,
+                       source_guidance_scale=grid.option_values("source_guidance_scale", 1.0))
+
+    def decodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        return product(guidance_scale=grid.guidance_scales)
+
+    def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
+        generators = [torch.Generator().manual_seed(s) for s in grid.seeds]
+        code = engine.encode(image, source, strength=encoding["strength"], num_inference_steps=grid.steps,
+                             source_guidance_scale=encoding["source_guidance_scale"], eta=encoding["eta"],
+                             generator=generators, num_images_per_prompt=grid.trials)
+        targets = [target] * grid.trials
+
+        def decode(d: dict[str, float]) -> torch.Tensor:
+            return engine.decode(code, targets, guidance_scale=d["guidance_scale"], output_type="pt").images
+
+        with ThreadPoolExecutor(max(1, min(len(decodings), engine.config.max_concurrency))) as pool:
+            return torch.stack([x.cpu() for x in pool.map(decode, decodings)])
+
+
+METHODS: dict[str, type] = {"cycle": CycleMethod}
+
+
+def get_method(name: str, grid_options: tuple[tuple[str, tuple[float, ...]], ...] = ()) -> Method:
+    """The method called `name`, after checking that every --option is one of its own."""
+    if name not in METHODS:
+        raise GridError(f"unknown --method {name!r}; available: {', '.join(METHODS)}")
+    method = METHODS[name]()
+    for option, _ in grid_options:
+        if option not in method.options:
+            known = ", ".join(method.options) or "none"
+            raise GridError(f"unknown method option {option!r} for --method {name}; its options are: {known}")
+    return method
