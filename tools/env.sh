@@ -17,8 +17,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Pin torch first: this pin resolves to the machine's local CPU build here; an unpinned torch pulls GBs of CUDA.
   python -m pip install -q "$torch_pin"
   # -qq: setuptools' "Editable installation" note is informational; errors still print.
-  # eval: cyclediff-eval and its tests
-  python -m pip install -qq -e "$root[test,eval]"
+  # eval: cyclediff-eval and its tests; serve: cyclediff-serve (Ray Serve, FastAPI, httpx) and its tests
+  python -m pip install -qq -e "$root[test,eval,serve]"
   echo "$want" > "$stamp"
 fi
 cd "$root"

@@ -1,0 +1,117 @@
+"""Typed, bounded reading of a request's fields (JSON values or multipart form strings), one error per field."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cyclediff.serve.config import Limits
+from cyclediff.serve.errors import RequestError
+
+SETTINGS = ("strength", "num_inference_steps", "guidance_scale", "source_guidance_scale", "eta")
+OUTPUT_FORMATS = ("png", "npy")
+# Fields each endpoint accepts: anything else is a 422 (a typo must not silently fall back to a default).
+ENDPOINT_FIELDS = {
+    "edit": ("image", "source_prompt", "prompt", *SETTINGS, "seed", "output_format", "timeout_s"),
+    "encode": ("image", "source_prompt", "strength", "num_inference_steps", "source_guidance_scale", "eta", "seed",
+               "timeout_s"),
+    "decode": ("code", "prompt", "guidance_scale", "output_format", "timeout_s"),
+}
+INTEGERS = ("num_inference_steps", "seed")
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed's range
+
+
+def check_known(raw: dict[str, Any], endpoint: str) -> None:
+    known = ENDPOINT_FIELDS[endpoint]
+    for name in raw:
+        if name not in known:
+            raise RequestError(422, name, f"unknown field {name!r} for /v1/{endpoint}; known fields: "
+                                          f"{', '.join(known)}")
+
+
+def number(raw: dict[str, Any], name: str, default: Any, from_form: bool) -> Any:
+    """An int (INTEGERS) or a finite float; form values arrive as strings and are parsed."""
+    value = raw.get(name)
+    if value is None:
+        return default
+    integer = name in INTEGERS
+    if from_form and isinstance(value, str):
+        value = _parse(name, value, integer)
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise RequestError(422, name, f"{name} must be {kind}, got {value!r} ({type(value).__name__}); send "
+                                      f"e.g. {name}={_example(name)}")
+    if not integer and not math.isfinite(value):
+        raise RequestError(422, name, f"{name} must be a finite number, got {value!r}")
+    return value if integer else float(value)
+
+
+def _parse(name: str, text: str, integer: bool) -> int | float:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(422, name, f"{name} must be {kind}, got {text!r}; send e.g. {name}={_example(name)}") \
+            from None
+
+
+def _example(name: str) -> str:
+    return {"num_inference_steps": "50", "seed": "0", "timeout_s": "60"}.get(name, "0.8")
+
+
+def text(raw: dict[str, Any], name: str, limits: Limits) -> str:
+    value = raw.get(name)
+    if value is None:
+        raise RequestError(422, name, f"{name} is required: a string describing the input image")
+    return _one_text(name, value, limits)
+
+
+def _one_text(name: str, value: Any, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise RequestError(422, name, f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > limits.max_prompt_chars:
+        raise RequestError(422, name, f"{name} has {len(value)} characters, more than the limit "
+                                      f"{limits.max_prompt_chars}; shorten it (CLIP reads 77 tokens)")
+    return value
+
+
+def prompts(raw: dict[str, Any], limits: Limits) -> tuple[str, ...]:
+    """`prompt`: a string or a list of 1..max_prompts strings (each list entry decodes one shared encoding)."""
+    value = raw.get("prompt")
+    if value is None:
+        raise RequestError(422, "prompt", "prompt is required: a target prompt, or a list of them")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise RequestError(422, "prompt", f"prompt must be a string or a non-empty list of strings, got "
+                                          f"{type(value).__name__}")
+    if len(items) > limits.max_prompts:
+        raise RequestError(422, "prompt", f"{len(items)} prompts, more than the limit {limits.max_prompts}; "
+                                          "split them over several requests")
+    return tuple(_one_text("prompt", p, limits) for p in items)
+
+
+def seed(raw: dict[str, Any], from_form: bool, fresh: int) -> int:
+    """The request's seed, or `fresh` (a random one the response reports) when it has none."""
+    value = number(raw, "seed", None, from_form)
+    if value is None:
+        return fresh
+    if not 0 <= value < SEED_LIMIT:
+        raise RequestError(422, "seed", f"seed must be in [0, 2**63), got {value}")
+    return value
+
+
+def timeout(raw: dict[str, Any], from_form: bool, limits: Limits) -> float:
+    """The request's own timeout, at most the service's --request-timeout."""
+    value = number(raw, "timeout_s", None, from_form)
+    if value is None:
+        return limits.request_timeout_s
+    if not 0 < value <= limits.request_timeout_s:
+        raise RequestError(422, "timeout_s", f"timeout_s must be in (0, {limits.request_timeout_s:g}] (the "
+                                             f"service's --request-timeout), got {value:g}")
+    return value
+
+
+def output_format(raw: dict[str, Any]) -> str:
+    value = raw.get("output_format", "png")
+    if value not in OUTPUT_FORMATS:
+        raise RequestError(422, "output_format", f"output_format must be one of {OUTPUT_FORMATS}, got {value!r}")
+    return value
