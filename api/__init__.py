@@ -25,6 +25,8 @@ _EXPORTS = {
     "PRESETS": "cyclediff.runtime.core.config",
     "LatentCode": "cyclediff.runtime.core.latent_code",
     "LatentCodeError": "cyclediff.runtime.core.latent_code",
+    "InversionCode": "cyclediff.runtime.methods.pix2pix_zero.code",
+    "EditDirection": "cyclediff.runtime.methods.pix2pix_zero.directions",
 }
 __all__ = list(_EXPORTS)
 

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true",
                    help="also write fp16 ONNX graphs (norms, softmax and I/O kept fp32) for "
                         "`Engine.load(..., backend='onnxruntime', dtype='fp16')`")
+    p.add_argument("--attention-maps", action="store_true",
+                   help="also write unet_attn.onnx: the UNet with its cross-attention probabilities as outputs, so "
+                        "Pix2Pix-Zero's reference pass runs on ONNX Runtime (a second copy of the UNet weights)")
     p.add_argument("--torchscript", action="store_true",
                    help="also write TorchScript programs for the C++ library's CPU executor (libcyclediff)")
     trt = p.add_argument_group("TensorRT (fp16 plans with static shapes for the runtime's exact workload)")
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = ExportSettings(opset=args.opset, exporters=exporter_order(args.exporter),
                                   trace_size=args.trace_size, ort_attention=not build_trt)
         report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
-                     force=args.force, torchscript=args.torchscript, fp16=args.fp16)
+                     force=args.force, torchscript=args.torchscript, fp16=args.fp16,
+                     attention_maps=args.attention_maps)
         if build_trt:
             _build_plans(args, report.manifest)
     except TensorRTUnavailable as err:

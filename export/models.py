@@ -6,6 +6,7 @@ math stay in the runtime so that every backend shares them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 import torch
@@ -107,7 +108,21 @@ def output_shapes(spec: ModelSpec, inputs: dict[str, tuple[int, ...]], d: Dims) 
     if "h" in env:
         env.setdefault("H", env["h"] * d.vae_scale)
         env.setdefault("W", env["w"] * d.vae_scale)
-    return {t.name: tuple(env[s] if isinstance(s, str) else s for s in t.shape) for t in spec.outputs}
+    return {t.name: tuple(_size(s, env) if isinstance(s, str) else s for s in t.shape) for t in spec.outputs}
+
+
+def _size(symbol: str, env: dict[str, int]) -> int:
+    """A symbol ('B') or a derived one, left to right with exact integer division ('B*8', 'h*w/16': the
+    attention-map outputs of export/attention_maps.py)."""
+    terms = re.split(r"([*/])", symbol)
+    value = _term(terms[0], env)
+    for op, term in zip(terms[1::2], terms[2::2]):
+        value = value * _term(term, env) if op == "*" else value // _term(term, env)
+    return value
+
+
+def _term(term: str, env: dict[str, int]) -> int:
+    return int(term) if term.isdigit() else env[term]
 
 
 class TextEncoderGraph(nn.Module):

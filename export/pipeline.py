@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export import checkpoint, integrity, models
+from cyclediff.export import attention_maps, checkpoint, integrity, models
+from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
 from cyclediff.export.progress import Progress, quiet_libraries
@@ -42,16 +43,18 @@ class ExportReport:
 
 def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
            exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False,
-           fp16: bool = False) -> Manifest:
+           fp16: bool = False, attention_maps: bool = False) -> Manifest:
     """Export checkpoint `ckpt` into folder `out`; return the manifest written there.
 
     torchscript: also write TorchScript programs (DIR/torchscript/), which libcyclediff's CPU executor runs.
     fp16: also write fp16 ONNX graphs (DIR/fp16/, I/O kept fp32) for the onnxruntime backend's dtype="fp16".
+    attention_maps: also write unet_attn.onnx, the UNet with its cross-attention probabilities as outputs
+    (export/attention_maps.py: Pix2Pix-Zero's reference pass off torch); a second copy of the UNet weights.
     """
     exporters = exporter_order(exporter)
     settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
     return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force,
-               torchscript=torchscript, fp16=fp16).manifest
+               torchscript=torchscript, fp16=fp16, attention_maps=attention_maps).manifest
 
 
 def exporter_order(exporter: str) -> tuple[str, ...]:
@@ -64,7 +67,7 @@ def exporter_order(exporter: str) -> tuple[str, ...]:
 
 def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: ExportSettings | None = None,
         tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False,
-        torchscript: bool = False, fp16: bool = False) -> ExportReport:
+        torchscript: bool = False, fp16: bool = False, attention_maps: bool = False) -> ExportReport:
     """The export with its report; `export` is this minus the report. None: default settings/tolerance."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
     _check_out(out)
@@ -81,7 +84,8 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
                 ckpt_hash = checkpoint.content_hash(ref)
             with progress.step("load checkpoint"):
                 comps = checkpoint.load(ref)
-            report = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force).go(torchscript, fp16)
+            run_ = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force, attention_maps)
+            report = run_.go(torchscript, fp16)
         ok = True
         return report
     finally:
@@ -91,12 +95,19 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
 class _Run:
     """One export into `out` of an already loaded checkpoint."""
 
-    def __init__(self, out, ref, ckpt_hash, comps, settings, tolerance, progress, force) -> None:
+    def __init__(self, out, ref, ckpt_hash, comps, settings, tolerance, progress, force,
+                 with_maps: bool = False) -> None:
         self.out, self.ref, self.ckpt_hash, self.comps = out, ref, ckpt_hash, comps
         self.settings, self.tolerance, self.progress, self.force = settings, tolerance, progress, force
         self.dims = models.Dims.of(comps.text_encoder, comps.vae, comps.unet)
         self.specs = models.specs(self.dims)
         self.graphs = models.graphs(comps)
+        self.names = models.MODEL_NAMES
+        if with_maps:  # the optional second UNet graph (--attention-maps), exported and verified like the others
+            self.graphs[UNET_ATTN] = attention_maps.graph(comps.unet)
+            self.specs[UNET_ATTN] = attention_maps.spec(self.dims, self.graphs[UNET_ATTN].layers)
+            self.names += (UNET_ATTN,)
+            progress.add(2)
         self.trace_hw, self.verify_hw = _sizes(settings, self.dims.unet_downscale)
         self.code = {**_code_identity(), "config": _config_identity(ref)}
 
@@ -104,7 +115,7 @@ class _Run:
         previous = _prepare(self.out)
         self.state = _state_for(self.out, self.ckpt_hash)
         records, reused = {}, []
-        for name in models.MODEL_NAMES:
+        for name in self.names:
             records[name], was_reused = self._model(name)
             if was_reused:
                 reused.append(name)
@@ -119,7 +130,7 @@ class _Run:
             manifest.verify_files(self.out)
             manifest.save(self.out)  # last: from here on the folder loads
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
-        return ExportReport(manifest, tuple(n for n in models.MODEL_NAMES if n not in reused), tuple(reused),
+        return ExportReport(manifest, tuple(n for n in self.names if n not in reused), tuple(reused),
                             {k: r.exporter for k, r in records.items()}, {k: r.parity for k, r in records.items()})
 
     def _torchscript(self) -> dict[str, Any]:
@@ -185,12 +196,15 @@ class _Run:
         """The UNet (export/ort_optimize.py) and the VAE graphs (export/sdpa_fusion.py) with fused,
         non-materializing attention, verified like any graph after this; the unfused graph, with a message,
         if the fusion fails."""
-        if name not in (models.UNET, models.VAE_ENCODER, models.VAE_DECODER) or not self.settings.ort_attention:
+        if name not in (models.UNET, UNET_ATTN, models.VAE_ENCODER, models.VAE_DECODER) or \
+                not self.settings.ort_attention:
             return files
         from cyclediff.export import ort_optimize, sdpa_fusion
 
         try:
-            if name == models.UNET:
+            # unet_attn: its attn2 probabilities are graph outputs, which the fusion keeps (it fuses no node whose
+            # output leaves the graph), so only its self-attention (attn1) is fused; verify checks every output.
+            if name in (models.UNET, UNET_ATTN):
                 return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
             # ORT's optimizer does not match the VAE's attention; our own pass does (export/sdpa_fusion.py).
             return sdpa_fusion.fuse_file(files[0], self.settings.external_data_bytes)
@@ -277,7 +291,7 @@ def _state_for(out: Path, ckpt_hash: str) -> ExportState:
     fresh = ExportState(ckpt_hash)
     fresh.save(out)
     stale = {f for r in state.models.values() for f in r.files}
-    stale |= {f"{n}.onnx{s}" for n in models.MODEL_NAMES for s in ("", ".data")}
+    stale |= {f"{n}.onnx{s}" for n in (*models.MODEL_NAMES, UNET_ATTN) for s in ("", ".data")}
     for name in stale:
         path = out / name
         if path.parent == out:  # only plain names inside DIR, whatever a tampered state says
@@ -328,7 +342,7 @@ def _code_identity() -> dict[str, str]:
     h = hashlib.sha256()
     from cyclediff.export import ort_optimize, sdpa_fusion
 
-    for module in (models, onnx_export, ort_optimize, sdpa_fusion):
+    for module in (models, onnx_export, ort_optimize, sdpa_fusion, attention_maps):
         h.update(Path(module.__file__).read_bytes())
     tools = _tools()
     return {"cyclediff": tools["cyclediff"], "torch": tools["torch"], "onnx": tools["onnx"],

@@ -15,6 +15,7 @@ import PIL.ImageOps
 
 from cyclediff.runtime import verbosity
 from cyclediff.runtime.core.config import BACKENDS, PRESETS, EditParams
+from cyclediff.runtime.methods.pix2pix_zero import cli as pix2pix_cli
 from cyclediff.runtime.outputs import OutputSet
 
 PROG = "cyclediff-run"
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-code", metavar="PATH",
                    help="also save the image's LatentCode (decode it later with --code)")
     p.add_argument("--code", metavar="PATH", help="decode this saved LatentCode instead of encoding an image")
+    p.add_argument("--method", default="cycle", choices=pix2pix_cli.METHODS,
+                   help="cycle = CycleDiffusion (default); pix2pix-zero = inversion + edit direction + "
+                        "cross-attention guidance")
+    pix2pix_cli.add_flags(p)
     jobs = p.add_argument_group("many edits in one process (see 'jobs file' below)")
     jobs.add_argument("--jobs", metavar="FILE.jsonl",
                       help="run every edit of this JSON-lines file on one engine, instead of --image/--prompt/--out")
@@ -134,6 +139,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.method == "pix2pix-zero":
+            return pix2pix_cli.run(args) or 0
         if args.jobs is not None:
             from cyclediff.runtime import jobs  # imports this module: loaded only when asked for
 

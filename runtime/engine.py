@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 from cyclediff.runtime.core.batch import BatchPlan
-from cyclediff.runtime.core.config import EditParams, EngineConfig
+from cyclediff.runtime.core.config import EditParams, EngineConfig, check_output_args
 from cyclediff.runtime.core.latent_code import LatentCode
 from cyclediff.runtime.core.session import Core
-from cyclediff.runtime.methods.cycle.method import CycleDiffusion, check_output_args
+from cyclediff.runtime.methods.cycle.method import CycleDiffusion
+from cyclediff.runtime.methods.pix2pix_zero.method import Pix2PixZero
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class Engine:
         self.workspaces, self.planner, self.dispatcher, self.prompts = (core.workspaces, core.planner,
                                                                         core.dispatcher, core.prompts)
         self.cycle = CycleDiffusion(core)
+        self.pix2pix = Pix2PixZero(core)
         self.make_encoder, self.make_decoder = self.cycle.make_encoder, self.cycle.make_decoder
 
     @classmethod
@@ -99,6 +101,47 @@ class Engine:
                                        callback, callback_steps)
         return EditOutput(result) if return_dict else (result, None)
 
+    # ---- Pix2Pix-Zero (runtime/methods/pix2pix_zero) ------------------------------------------------
+    def invert(self, prompt=None, image=None, num_inference_steps: int = 50, guidance_scale: float = 1,
+               generator=None, latents=None, prompt_embeds=None, cross_attention_guidance_amount: float = 0.1,
+               output_type: str | None = "pil", return_dict: bool = True, callback=None, callback_steps: int = 1,
+               cross_attention_kwargs=None, lambda_auto_corr: float = 20.0, lambda_kl: float = 20.0,
+               num_reg_steps: int = 5, num_auto_corr_rolls: int = 5):
+        """StableDiffusionPix2PixZeroPipeline.invert, argument for argument -> InversionCode (.latents, .images,
+        .save). output_type=None skips decoding .images; cross_attention_guidance_amount is unused, as there."""
+        from cyclediff.runtime.methods.pix2pix_zero.regularizer import RegularizerParams
+
+        _no_attention_kwargs(cross_attention_kwargs)
+        if latents is not None:
+            raise ValueError("invert takes no latents (diffusers ignores them); pass latents as image (B, 4, h, w)")
+        reg = RegularizerParams(lambda_auto_corr, lambda_kl, num_reg_steps, num_auto_corr_rolls)
+        code = self.pix2pix.invert(prompt, image, num_inference_steps, guidance_scale, generator, prompt_embeds,
+                                   output_type, callback, callback_steps, reg)
+        return code if return_dict else (code.latents, code.images)
+
+    def edit_direction(self, source_sentences, target_sentences):
+        """EditDirection: mean CLIP embeddings of each sentence list (.source_embeds, .target_embeds, (1, 77, D),
+        diffusers' get_embeds) and .direction = target − source."""
+        return self.pix2pix.edit_direction(source_sentences, target_sentences)
+
+    def pix2pix_zero(self, prompt=None, source_embeds=None, target_embeds=None, height=None, width=None,
+                     num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
+                     num_images_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
+                     prompt_embeds=None, negative_prompt_embeds=None, cross_attention_guidance_amount: float = 0.1,
+                     output_type: str = "pil", return_dict: bool = True, callback=None, callback_steps: int = 1,
+                     cross_attention_kwargs=None, clip_skip: int | None = None, trajectory: str = "lockstep"):
+        """StableDiffusionPix2PixZeroPipeline.__call__, argument for argument, for one image; latents: an
+        InversionCode (or tensor). The guided step needs backend='torch' (amount 0 runs anywhere). trajectory:
+        'lockstep' holds one step's reference maps, 'store-all' every step's (as diffusers; same result)."""
+        _no_attention_kwargs(cross_attention_kwargs)
+        if num_images_per_prompt != 1:
+            raise ValueError("num_images_per_prompt must be 1: Pix2Pix-Zero edits one image per call")
+        result = self.pix2pix.edit(prompt, source_embeds, target_embeds, height, width, num_inference_steps,
+                                   guidance_scale, negative_prompt, eta, generator, latents, prompt_embeds,
+                                   negative_prompt_embeds, cross_attention_guidance_amount, output_type, callback,
+                                   callback_steps, clip_skip, trajectory)
+        return EditOutput(result) if return_dict else (result, None)
+
     # ---- memory -------------------------------------------------------------------------------------
     def memory_report(self) -> dict:
         """Bytes held in the engine's preallocated buffers (every workspace and the dispatcher's merge
@@ -114,3 +157,9 @@ class Engine:
         f, size = self.manifest.dims.vae_scale, self.manifest.sample_size
         steps = self.core.table(num_inference_steps, strength, 0.0).num_steps
         return self.planner.report((height or size) // f, (width or size) // f, batch, steps, guided)
+
+
+def _no_attention_kwargs(cross_attention_kwargs) -> None:
+    if cross_attention_kwargs:
+        raise ValueError("cross_attention_kwargs (LoRA scale, attention processors) cannot change an exported "
+                         "engine; export the checkpoint with the LoRA fused instead")

@@ -1,4 +1,5 @@
-"""Build the four model runners of an export directory for one backend and device."""
+"""Build the four model runners of an export directory for one backend and device (plus the optional unet_attn:
+the UNet with its cross-attention maps as outputs, export/attention_maps.py, where the export has it)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -9,9 +10,10 @@ import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
 from cyclediff.export import integrity, ort_cache
+from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.integrity import FileGroup
 from cyclediff.export.manifest import Manifest, ManifestError
-from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER
+from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
 
 
 def choose(backend: str, device: torch.device, manifest: Manifest) -> str:
@@ -73,7 +75,7 @@ def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: 
         return _ort_model(folder, manifest, entry.file, entry.sha256, entry.spec, device, target, verify, threads)
 
     if dtype == "fp32":
-        return _in_parallel(fp32)
+        return _in_parallel(fp32, _names(manifest))
     fp16 = manifest.extra.get("fp16_onnx")
     if not fp16:
         raise BackendError(f"{folder} has no fp16 ONNX graphs; re-run `cyclediff-export ... --fp16` into it")
@@ -87,11 +89,16 @@ def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: 
     return runners
 
 
-def _in_parallel(make) -> dict[str, ModelRunner]:
+def _names(manifest: Manifest) -> tuple[str, ...]:
+    """The four models, and unet_attn when the export has it (`cyclediff-export --attention-maps`; fp32 only)."""
+    return MODEL_NAMES + ((UNET_ATTN,) if UNET_ATTN in manifest.models else ())
+
+
+def _in_parallel(make, names: tuple[str, ...] = MODEL_NAMES) -> dict[str, ModelRunner]:
     """make(name) for every model at once: ONNX Runtime releases the GIL while it builds a session (prepacking
-    the UNet's MatMul weights is most of a load), so the four overlap; the first error is raised as it is."""
-    with concurrent.futures.ThreadPoolExecutor(len(MODEL_NAMES)) as pool:
-        futures = {n: pool.submit(make, n) for n in MODEL_NAMES}
+    the UNet's MatMul weights is most of a load), so they overlap; the first error is raised as it is."""
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        futures = {n: pool.submit(make, n) for n in names}
         return {n: f.result() for n, f in futures.items()}
 
 
@@ -130,6 +137,23 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify:
 
     threads: torch.set_num_threads is process-wide, so the last Engine loaded sets it for every torch user."""
     from cyclediff.engine.torch_backend import TorchModel
+    from cyclediff.export import attention_maps
+
+    torch.set_num_threads(threads)
+    graphs = checkpoint_graphs(manifest, verify, "backend 'torch' needs", "use backend='onnxruntime'")
+    if dtype == "fp32":
+        runners = {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+    else:
+        runners = fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device)
+    if UNET_ATTN in manifest.models:  # the export's wrapper, on the UNet's own parameters (no second copy)
+        runners[UNET_ATTN] = TorchModel(attention_maps.graph(graphs[UNET].unet), manifest.models[UNET_ATTN].spec,
+                                        device, dtype)
+    return runners
+
+
+def checkpoint_graphs(manifest: Manifest, verify: str, who: str, alternative: str) -> dict[str, torch.nn.Module]:
+    """The export wrappers (export/models.py) around the checkpoint the manifest records, refused if its bytes
+    changed. who/alternative word the errors: '<who> the checkpoint at P, which is gone; restore it or <alt>'."""
     from cyclediff.export import checkpoint, models, tiny
 
     rec = manifest.checkpoint
@@ -137,14 +161,9 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify:
     if ref.kind == "builtin" and not ref.path.exists():
         ref = checkpoint.CheckpointRef(ref.spec, ref.kind, tiny.materialize(ref.spec))  # deterministic rebuild
     if not ref.path.exists():
-        raise ManifestError(f"backend 'torch' needs the checkpoint at {ref.path}, which is gone; restore it or "
-                            "use backend='onnxruntime'")
-    integrity.check_checkpoint(ref, manifest, verify, "re-run `cyclediff-export` or use backend='onnxruntime'")
-    torch.set_num_threads(threads)
-    graphs = models.graphs(checkpoint.load(ref))
-    if dtype == "fp32":
-        return {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
-    return fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device)
+        raise ManifestError(f"{who} the checkpoint at {ref.path}, which is gone; restore it or {alternative}")
+    integrity.check_checkpoint(ref, manifest, verify, f"re-run `cyclediff-export` or {alternative}")
+    return models.graphs(checkpoint.load(ref))
 
 
 def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device) -> dict[str, ModelRunner]:

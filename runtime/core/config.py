@@ -74,3 +74,10 @@ PRESETS: dict[str, EditParams] = {
     "paper": EditParams(strength=0.8, num_inference_steps=100, guidance_scale=2.0, eta=0.1),
     "paper-strong": EditParams(strength=0.85, num_inference_steps=100, guidance_scale=3.0, eta=0.1),
 }
+
+
+def check_output_args(output_type: str, callback_steps: int) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+        raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")

@@ -7,7 +7,7 @@ from cyclediff.export.models import UNET
 from cyclediff.runtime.core import images
 from cyclediff.runtime.core.batch import BatchPlan
 from cyclediff.runtime.core.buffers import BufferPool
-from cyclediff.runtime.core.config import OUTPUT_TYPES, EditParams, check_scale
+from cyclediff.runtime.core.config import EditParams, check_output_args, check_scale
 from cyclediff.runtime.core.latent_code import LatentCode, LatentCodeError
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
@@ -102,9 +102,3 @@ class CycleDiffusion:
         uncond = prompts.encode([""]) if guidance_scale > 1 else None
         return TargetText(cond, uncond, float(guidance_scale))
 
-
-def check_output_args(output_type: str, callback_steps: int) -> None:
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
-        raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
