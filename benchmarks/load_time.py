@@ -12,6 +12,7 @@ and edit). Medians over --repeat processes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -28,6 +29,13 @@ CASES = {
     "cyclediff onnxruntime": ("cyclediff", "onnxruntime", "fast", True),
     "cyclediff torch": ("cyclediff", "torch", "fast", True),
     "cyclediff onnxruntime, verify=full": ("cyclediff", "onnxruntime", "full", False),
+}
+# What each side imports before its load: diffusers' pipeline import pulls in its model classes, so the torch
+# backend's row imports the same ones (diffusers' package imports are lazy: the classes are the cost).
+BACKEND_LIBRARIES = {
+    "onnxruntime": ("torch", "onnxruntime"),
+    "torch": ("torch", "transformers.models.clip.modeling_clip", "diffusers.models.unets.unet_2d_condition",
+              "diffusers.models.autoencoders.autoencoder_kl"),
 }
 SIZES = {"tiny": 32, "sd-v1-4": 128}  # pixels: small enough that the load is a visible part of the first picture
 
@@ -65,13 +73,18 @@ def child(spec: dict) -> dict:
     impl, backend, verify, edit = CASES[spec["label"]]
     t0 = time.perf_counter()
     if impl == "diffusers":
-        from diffusers import CycleDiffusionPipeline  # noqa: F401
+        from diffusers import CycleDiffusionPipeline  # noqa: F401  (imports torch, transformers, diffusers)
     else:
         from cyclediff import Engine  # noqa: F401
+
+        # The libraries the backend runs on, imported here as diffusers' import does for its own: "load" then
+        # times the same work on both sides (reading weights, building modules or sessions).
+        for name in BACKEND_LIBRARIES[backend]:
+            importlib.import_module(name)
     t1 = time.perf_counter()
     run = _load_diffusers(spec) if impl == "diffusers" else _load_cyclediff(spec, backend, verify)
     t2 = time.perf_counter()
-    # cyclediff imports its libraries inside load (lazily), diffusers at import: compare the sums too.
+    # Both sides import their libraries before t1; "import + load" is the sum a fresh process pays.
     out = {"import": t1 - t0, "load": t2 - t1, "import_load": t2 - t0, "rss_load": _peak_mib()}
     if edit:
         run(edit_latency.sample_image(spec["size"]))
