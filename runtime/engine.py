@@ -12,6 +12,7 @@ from cyclediff.runtime.core.config import EditParams, EngineConfig, check_output
 from cyclediff.runtime.core.latent_code import LatentCode
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.cycle.method import CycleDiffusion
+from cyclediff.runtime.methods.guidance.method import Guidance, GuideOutput
 from cyclediff.runtime.methods.pix2pix_zero.method import Pix2PixZero
 
 
@@ -38,6 +39,7 @@ class Engine:
         self.workspaces, self.planner, self.dispatcher, self.prompts = (core.workspaces, core.planner,
                                                                         core.dispatcher, core.prompts)
         self.cycle = CycleDiffusion(core)
+        self.guidance = Guidance(core, self.cycle)
         self.pix2pix = Pix2PixZero(core)
         self.make_encoder, self.make_decoder = self.cycle.make_encoder, self.cycle.make_decoder
 
@@ -100,6 +102,21 @@ class Engine:
             result = self.cycle.decode(pool, code, targets, guidance_scale, output_type, embeds, clip_skip,
                                        callback, callback_steps)
         return EditOutput(result) if return_dict else (result, None)
+
+    # ---- latent-space guidance (paper Section 4.3) ---------------------------------------------------
+    def guide(self, prompt, energies=(), start: LatentCode | None = None, height: int | None = None,
+              width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+              eta: float = 0.0, generator=None, output_type: str = "pil", callback=None, config=None,
+              **langevin) -> GuideOutput:
+        """Langevin dynamics on the latent code z, E(z) = Σ λ_i E_i(G(z)) + ½‖z‖², then a full decode of z.
+
+        energies: Energy objects (cyclediff.runtime.methods.guidance.energies). start: a LatentCode (e.g. from
+        encode) to start from, else z ~ N(0, I). langevin: LangevinConfig fields (step_size=0.05, n_steps=200,
+        guide_steps=10, noise_scale=1, keep_best=None, checkpoint=True), or pass config=LangevinConfig(...)."""
+        from cyclediff.runtime.methods.guidance.config import make_config
+
+        return self.guidance.guide(prompt, energies, start, make_config(config, langevin), height, width,
+                                   num_inference_steps, guidance_scale, eta, generator, output_type, callback)
 
     # ---- Pix2Pix-Zero (runtime/methods/pix2pix_zero) ------------------------------------------------
     def invert(self, prompt=None, image=None, num_inference_steps: int = 50, guidance_scale: float = 1,

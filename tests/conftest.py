@@ -37,3 +37,28 @@ def exports(tmp_path_factory) -> Callable[[str], Path]:
         return done[name]
 
     return get
+
+
+# --- a random-weight CLIP model folder (openai/clip-vit-base-patch32 layout, tiny sizes) -----------------------
+
+
+@pytest.fixture(scope="session")
+def random_clip(tmp_path_factory) -> Path:
+    """A folder CLIPModel/CLIPTokenizer.from_pretrained read: tiny random CLIP (32 px images) + a BPE tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from cyclediff.export.tokenizer_files import write_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    write_tokenizer(folder)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": len(tok), "max_position_embeddings": 77, "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
+              "image_size": 32, "patch_size": 8}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    return folder

@@ -1,0 +1,74 @@
+"""Load a CLIP model (openai/clip-vit-base-patch32 layout) from a local folder or the Hugging Face cache, offline."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from cyclediff.runtime.methods.guidance.config import GuidanceError
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+# OpenAI CLIP's normalisation (transformers' OPENAI_CLIP_MEAN/STD), used when the folder has no preprocessor config
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedClip:
+    """model: transformers CLIPModel (eval, no parameter gradients); tokenizer: its CLIPTokenizer."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def load_clip(source: str | Path = DEFAULT_CLIP, device: str | torch.device = "cpu") -> LoadedClip:
+    """source: a folder with config.json, weights and tokenizer files, or a hub id already in the local cache."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    folder = resolve(source)
+    try:
+        model = CLIPModel.from_pretrained(folder, torch_dtype=torch.float32).eval().to(device)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise GuidanceError(f"CLIP folder {folder} could not be loaded ({err}); {_how_to_get(str(source))}") from err
+    model.requires_grad_(False)  # gradients flow to the image, never into CLIP's weights
+    mean, std = _normalisation(folder)
+    return LoadedClip(model, tokenizer, int(model.config.vision_config.image_size), mean, std)
+
+
+def resolve(source: str | Path) -> Path:
+    """The local folder for `source`, or a GuidanceError saying how to get it."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GuidanceError(f"CLIP folder {path} has no config.json; {_how_to_get(str(source))}")
+        return path
+    text = str(source)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise GuidanceError(f"CLIP model {text} not found: no such folder; {_how_to_get(text)}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception as err:  # not cached (offline): huggingface_hub raises several types
+        raise GuidanceError(f"CLIP model {text} is not in the local Hugging Face cache; {_how_to_get(text)}") from err
+
+
+def _how_to_get(source: str) -> str:
+    hub = source if source.count("/") == 1 and not source.startswith((".", "/", "~")) else DEFAULT_CLIP
+    return (f"on a machine with internet run `hf download {hub}` (huggingface_hub's CLI) and copy the cache "
+            f"here, or pass a local folder in the {DEFAULT_CLIP} layout (config.json, model.safetensors, "
+            "vocab.json, merges.txt)")
+
+
+def _normalisation(folder: Path) -> tuple[tuple, tuple]:
+    cfg = folder / "preprocessor_config.json"
+    if cfg.is_file():
+        d = json.loads(cfg.read_text())
+        return tuple(d.get("image_mean", OPENAI_MEAN)), tuple(d.get("image_std", OPENAI_STD))
+    return OPENAI_MEAN, OPENAI_STD

@@ -1,0 +1,172 @@
+"""Guidance on the core: sample p(z | c) ∝ N(z; 0, I)·exp(−Σ λ_i E_i(G(z))) by Langevin, then decode z in full."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import torch
+
+from cyclediff.runtime.core.batch import BatchPlan
+from cyclediff.runtime.core.config import check_output_args, check_scale
+from cyclediff.runtime.core.latent_code import LatentCode, LatentCodeError
+from cyclediff.runtime.core.noise import NoiseSource
+from cyclediff.runtime.core.schedule import StepTable
+from cyclediff.runtime.core.session import Core
+from cyclediff.runtime.methods.cycle.method import CycleDiffusion
+from cyclediff.runtime.methods.guidance import langevin, torch_parts
+from cyclediff.runtime.methods.guidance.config import GuidanceError, LangevinConfig
+from cyclediff.runtime.methods.guidance.energies import Energy, check_energies
+from cyclediff.runtime.methods.guidance.generator import DifferentiableDecoder, GuideText
+
+
+@dataclasses.dataclass
+class GuideOutput:
+    """images: the final decode of the returned code (output_type); code: that LatentCode (save and re-decode it);
+    history: per Langevin step, batch means of each energy; best_step: per sample, the step kept by keep_best."""
+
+    images: Any
+    code: LatentCode
+    history: tuple[dict[str, float], ...]
+    best_step: tuple[int, ...] | None = None
+
+
+class Guidance:
+    """Stateless apart from the lazily loaded differentiable modules (guarded by a lock): one serves every thread."""
+
+    def __init__(self, core: Core, cycle: CycleDiffusion):
+        self.core, self.cycle = core, cycle
+        self._parts: torch_parts.TorchParts | None = None
+        self._lock = threading.Lock()
+
+    def torch_parts(self) -> torch_parts.TorchParts:
+        """The UNet and VAE decoder as differentiable torch modules (the torch backend's own, or loaded once)."""
+        with self._lock:
+            if self._parts is None:
+                core = self.core
+                self._parts = (torch_parts.from_runners(core.runners, core.backend, core.config.dtype)
+                               or torch_parts.from_checkpoint(core.manifest, core.backend, core.device))
+            return self._parts
+
+    def start_code(self, prompts: tuple[str, ...], height: int | None, width: int | None, steps: int, eta: float,
+                   generator) -> LatentCode:
+        """A fresh code from the prior: x_T ~ N(0, I) (and one noise per step when eta > 0), strength 1."""
+        d, core = self.core.manifest.dims, self.core
+        h, w = height or core.manifest.sample_size, width or core.manifest.sample_size
+        if h % d.vae_scale or w % d.vae_scale:
+            raise GuidanceError(f"height and width must be multiples of {d.vae_scale} pixels, got {w}x{h}")
+        core.check_latent_hw(h // d.vae_scale, w // d.vae_scale)
+        table = core.table(steps, 1.0, eta)
+        shape = (len(prompts), d.latent_channels, h // d.vae_scale, w // d.vae_scale)
+        noise = NoiseSource(generator, 1, core.device)
+        x_T = noise.randn_into(torch.empty(shape, device=core.device))
+        noises = torch.zeros((table.num_steps, *shape), device=core.device)
+        if eta > 0:
+            noise.randn_into(noises)
+        return LatentCode(x_T=x_T, noises=noises, timesteps=tuple(table.timesteps.tolist()),
+                          num_inference_steps=steps, strength=1.0, eta=float(eta), source_prompts=prompts,
+                          source_guidance_scale=1.0, engine_digest=core.manifest.digest)
+
+    def inner_table(self, code: LatentCode, guide_steps: int | None) -> StepTable:
+        """The sampler G runs inside the loop: the code's own schedule, or a shorter one (eta = 0 only: z = x_T)."""
+        if guide_steps is None or guide_steps == code.num_inference_steps:
+            return self.core.table(code.num_inference_steps, code.strength, code.eta)
+        if code.eta > 0:
+            raise GuidanceError(
+                f"guide_steps={guide_steps} differs from the code's {code.num_inference_steps} steps, but with "
+                f"eta={code.eta} the code holds one noise per decode step, so the sampler inside the loop must be "
+                "the decode's own: pass guide_steps=None (or use a code made with eta=0, whose z is x_T alone)")
+        return self.core.table(guide_steps, code.strength, 0.0)
+
+    def sampler(self, code: LatentCode, prompts, guidance_scale: float, guide_steps: int | None = None,
+                checkpoint: bool = True, parts: torch_parts.TorchParts | None = None,
+                dtype: torch.dtype = torch.float32) -> DifferentiableDecoder:
+        """G for this code and prompt(s): the exact decode when guide_steps is None (or the code's step count)."""
+        plan = BatchPlan.make(prompts, list(code.source_prompts), code.batch, 1)
+        cond = self.core.prompts.encode(list(plan.target_prompts))
+        uncond = self.core.prompts.encode([""]) if guidance_scale > 1 else None
+        parts = parts or self.torch_parts()
+        return DifferentiableDecoder(parts.unet, parts.vae_decoder, self.inner_table(code, guide_steps),
+                                     GuideText(cond, uncond, float(guidance_scale)),
+                                     self.core.manifest.vae_scaling_factor, dtype, checkpoint)
+
+    def guide(self, prompt, energies=(), start: LatentCode | None = None, config: LangevinConfig | None = None,
+              height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+              guidance_scale: float = 7.5, eta: float = 0.0, generator=None, output_type: str = "pil",
+              callback=None) -> GuideOutput:
+        config = config or LangevinConfig()
+        energies = check_energies(energies)
+        self._check_args(energies, config, guidance_scale, output_type, start, height, width)
+        if start is None:
+            prompts = tuple(BatchPlan.make(prompt, "", 1, 1).target_prompts)
+            start = self.start_code(prompts, height, width, num_inference_steps, eta, generator)
+        if config.n_steps > 0:
+            self.inner_table(start, config.guide_steps)  # refuse a mismatched guide_steps before any work
+        plan = BatchPlan.make(prompt, list(start.source_prompts), start.batch, 1)
+        if plan.batch != start.batch:
+            raise LatentCodeError(f"{plan.batch} prompts for a start code of {start.batch} images; pass one prompt "
+                                  f"or {start.batch}")
+        result = self._langevin(start, list(plan.target_prompts), energies, config, guidance_scale, generator,
+                                callback)
+        code = _with_parts(start, result.parts)
+        with self.core.call() as pool:
+            images = self.cycle.decode(pool, code, list(plan.target_prompts), guidance_scale, output_type, None,
+                                       None, None, 1)
+        return GuideOutput(images, code, result.history, result.best_step)
+
+    def _check_args(self, energies, config: LangevinConfig, guidance_scale, output_type, start, height, width):
+        check_scale("guidance_scale", guidance_scale)
+        check_output_args(output_type, 1)
+        names = {e.name for e in energies} | {"total", "prior"}
+        if config.keep_best is not None and config.keep_best not in names:
+            raise GuidanceError(f"keep_best={config.keep_best!r} names no energy; choose one of {sorted(names)}")
+        if start is None:
+            return
+        self.cycle.check_code(start)  # another export (checkpoint), a bad size, inconsistent tensors
+        f = self.core.manifest.dims.vae_scale
+        code_h, code_w = (s * f for s in start.latent_hw)
+        if (height or code_h, width or code_w) != (code_h, code_w):
+            raise LatentCodeError(f"the start code is for {code_w}x{code_h} pixels, not the {width or code_w}x"
+                                  f"{height or code_h} asked; drop height/width or encode at that size")
+
+    def _langevin(self, start: LatentCode, prompts, energies: tuple[Energy, ...], config: LangevinConfig,
+                  guidance_scale: float, generator, callback) -> langevin.LangevinResult:
+        latent = langevin.Latent((start.x_T.to(self.core.device), start.noises.to(self.core.device))
+                                 if start.eta > 0 else (start.x_T.to(self.core.device),),
+                                 (0, 1) if start.eta > 0 else (0,))
+        active = [e for e in energies if e.weight > 0 or e.name == config.keep_best]
+        energy = None
+        if active and config.n_steps > 0:
+            decoder = self.sampler(start, prompts, guidance_scale, config.guide_steps, config.checkpoint)
+            energy = _energy_fn(decoder, active, _augment_rng(generator))
+        with self.core.bar(config.n_steps, "guide") as bar:
+            def step(i, record, pixels):
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
+                bar.update(1)
+                if callback is not None:
+                    callback(i, record, pixels)
+
+            return langevin.sample(latent, energy, config, generator, step)
+
+
+def _energy_fn(decoder: DifferentiableDecoder, active: list[Energy], rng: torch.Generator) -> langevin.EnergyFn:
+    def energy(zs):
+        pixels = decoder(zs[0], zs[1] if len(zs) > 1 else None)  # (B, 3, H, W)
+        parts = {e.name: e(pixels, rng) for e in active}  # each (B,)
+        return sum(e.weight * parts[e.name] for e in active), parts, pixels
+
+    return energy
+
+
+def _augment_rng(generator) -> torch.Generator:
+    """The energies' augmentations draw from their own CPU generator, seeded once from the caller's, so the
+    Langevin noise ξ stays one stream and a seeded run repeats bit for bit."""
+    device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+    return torch.Generator().manual_seed(seed)
+
+
+def _with_parts(code: LatentCode, parts: tuple[torch.Tensor, ...]) -> LatentCode:
+    x_T = parts[0].detach().clone()
+    noises = parts[1].detach().clone() if len(parts) > 1 else code.noises
+    return dataclasses.replace(code, x_T=x_T, noises=noises)
