@@ -142,7 +142,8 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify:
     torch.set_num_threads(threads)
     graphs = checkpoint_graphs(manifest, verify, "backend 'torch' needs", "use backend='onnxruntime'")
     if dtype == "fp32":
-        runners = {n: TorchModel(graphs[n], manifest.models[n].spec, device) for n in MODEL_NAMES}
+        runners: dict[str, ModelRunner] = {n: TorchModel(graphs[n], manifest.models[n].spec, device)
+                                           for n in MODEL_NAMES}
     else:
         runners = fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device)
     if UNET_ATTN in manifest.models:  # the export's wrapper, on the UNet's own parameters (no second copy)
