@@ -32,16 +32,13 @@ def resolve_clip(spec: str) -> Path:
 def _hub_snapshot(repo_id: str) -> Path:
     if repo_id.count("/") != 1 or " " in repo_id:
         raise ClipError(f"--clip {repo_id!r} is not a folder, a hub id (owner/name) or 'tiny'")
-    from huggingface_hub import snapshot_download
+    from cyclediff.export.hub_cache import cached_snapshot
 
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as err:  # offline and not cached: huggingface_hub raises several types
-        raise ClipError(
-            f"CLIP model {repo_id} is not in the local Hugging Face cache.\n"
-            f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
-            f"cache here), or pass a local CLIP folder with --clip DIR (--clip tiny: a random built-in one)"
-        ) from err
+    return cached_snapshot(repo_id, lambda: ClipError(
+        f"CLIP model {repo_id} is not in the local Hugging Face cache.\n"
+        f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
+        f"cache here), or pass a local CLIP folder with --clip DIR (--clip tiny: a random built-in one)"
+    ))
 
 
 class ClipEmbedder:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export import tiny
+from cyclediff.export import hub_cache, tiny
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,11 @@ def _hub_snapshot(repo_id: str) -> Path:
             f"--ckpt {repo_id!r} is not a folder, a .safetensors/.ckpt file, a hub id (owner/name), "
             f"an alias ({', '.join(ALIASES)}) or a built-in ({', '.join(tiny.PRESETS)})"
         )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as err:  # offline and not cached: huggingface_hub raises several types
-        raise CheckpointError(
-            f"hub checkpoint {repo_id} is not in the local Hugging Face cache and this machine is offline.\n"
-            f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
-            f"cache here), or pass a local diffusers folder with --ckpt DIR"
-        ) from err
+    return hub_cache.cached_snapshot(repo_id, lambda: CheckpointError(
+        f"hub checkpoint {repo_id} is not in the local Hugging Face cache and this machine is offline.\n"
+        f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
+        f"cache here), or pass a local diffusers folder with --ckpt DIR"
+    ))
 
 
 def content_hash(ref: CheckpointRef) -> str:

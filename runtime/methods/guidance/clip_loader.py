@@ -51,12 +51,10 @@ def resolve(source: str | Path) -> Path:
     text = str(source)
     if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise GuidanceError(f"CLIP model {text} not found: no such folder; {_how_to_get(text)}")
-    from huggingface_hub import snapshot_download
+    from cyclediff.export.hub_cache import cached_snapshot
 
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception as err:  # not cached (offline): huggingface_hub raises several types
-        raise GuidanceError(f"CLIP model {text} is not in the local Hugging Face cache; {_how_to_get(text)}") from err
+    return cached_snapshot(text, lambda: GuidanceError(
+        f"CLIP model {text} is not in the local Hugging Face cache; {_how_to_get(text)}"))
 
 
 def _how_to_get(source: str) -> str:
