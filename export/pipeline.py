@@ -207,7 +207,7 @@ class _Run:
             if name in (models.UNET, UNET_ATTN):
                 return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
             # ORT's optimizer does not match the VAE's attention; our own pass does (export/sdpa_fusion.py).
-            return sdpa_fusion.fuse_file(files[0], self.settings.external_data_bytes)
+            return sdpa_fusion.fuse_file(files[0], self.settings.external_data_bytes) or files
         except Exception as err:  # noqa: BLE001 -- the optimizer's pattern matchers raise anything
             self.progress.write(f"{name}: ONNX Runtime's attention fusion failed ({_first_line(err)}); keeping "
                                 "the unfused graph, whose attention holds all (T, T) scores")

@@ -125,13 +125,14 @@ def _live(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onnx.Node
     return keep[::-1]
 
 
-def fuse_file(path, external_data_bytes: int) -> list:
-    """Fuse the graph at `path` (+ its .data) in place when it has SDPA chains; returns its files, .onnx first."""
+def fuse_file(path, external_data_bytes: int) -> list | None:
+    """Fuse the graph at `path` (+ its .data) in place when it has SDPA chains; returns its files, .onnx first,
+    or None (file untouched) when it has none, as a VAE without a mid-block attention."""
     from cyclediff.export.onnx_export import _save
 
     model = onnx.load(str(path))
     if fuse(model) == 0:
-        raise ValueError("no scaled-dot-product attention chain matched")
+        return None
     return _save(model, path, external_data_bytes)
 
 

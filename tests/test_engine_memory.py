@@ -54,3 +54,20 @@ def test_vae_attention_is_fused_so_large_images_fit(exports):
     # (the end-to-end run takes minutes on two cores; the fused graphs' numerics are checked by every parity test).
     assert engine.planner.vae_image_bytes(256, 256) < 2**30
     assert engine.memory_plan(512, 512, num_inference_steps=50)["fits"]
+
+
+def test_sdpa_fusion_leaves_a_graph_without_attention_untouched(tmp_path):
+    """A VAE without a mid-block attention has nothing to fuse: the export keeps its file as it is, silently."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cyclediff.export import sdpa_fusion
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "plain", [x], [y])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    before = path.read_bytes()
+    assert sdpa_fusion.fuse_file(path, 2**31) is None
+    assert path.read_bytes() == before and sdpa_fusion.fused_count(path) == 0
