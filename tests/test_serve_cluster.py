@@ -179,13 +179,14 @@ def test_bad_requests_get_4xx_and_the_replica_lives(service):
 
 def test_overload_gets_503_with_retry_after(service):
     """48 requests at once against 8 running + 16 queued: the rest are refused at once, memory stays bounded.
-    Each takes seconds (100 steps), so none finishes before all 48 have arrived."""
+    Each takes seconds (300 steps), so none finishes before all 48 have arrived: with 100 steps a merged batch
+    of 8 could finish while the burst was still arriving on 2 busy cores, and its freed slot admitted a 25th."""
     before = service.info()["replica"]
     start = threading.Barrier(48)
 
     def send(seed: int) -> httpx.Response:
         start.wait(60)
-        return _edit(service.url, _request(seed % 16, num_inference_steps=100))
+        return _edit(service.url, _request(seed % 16, num_inference_steps=300))
 
     with ThreadPoolExecutor(48) as pool:
         answers = list(pool.map(send, range(48)))
