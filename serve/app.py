@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from cyclediff.serve import jobs, media, openapi
+from cyclediff.serve.admission import Admission
 from cyclediff.serve.body import read_fields
 from cyclediff.serve.config import Limits
 from cyclediff.serve.errors import Cancelled, RequestError, RequestTimeout
@@ -18,8 +19,9 @@ log = logging.getLogger("cyclediff.serve")
 MAX_FORM_FIELDS = 64
 
 
-def build_app(worker: EngineWorker, limits: Limits) -> FastAPI:
-    """The HTTP API over one EngineWorker. Every user mistake is a 4xx JSON {"error", "field"}."""
+def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) -> FastAPI:
+    """The HTTP API over one EngineWorker. Every user mistake is a 4xx JSON {"error", "field"}; past the
+    worker's queue, 503 with Retry-After (retry_after_s, rounded up)."""
     engine = worker.engine
     dims = engine.manifest.dims
     side = dims.vae_scale * dims.unet_downscale  # pixels per latent cell that the UNet's downsampling needs
@@ -56,7 +58,8 @@ def build_app(worker: EngineWorker, limits: Limits) -> FastAPI:
         images = await worker.run(lambda token: jobs.run_decode(engine, job, token), job.timeout_s)
         return _images(images, job.output_format, None)
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Admission, worker=worker, retry_after_s=retry_after_s)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last, runs first: 413 before 503
     return app
 
 

@@ -66,8 +66,8 @@ def _scaling_flags(g) -> None:
                    help="GPUs per replica; fractions share one GPU (0.5: two replicas per GPU). Default: 1 with "
                         "--device cuda, else 0")
     g.add_argument("--max-queued-requests", type=int, default=32,
-                   help="requests waiting per HTTP proxy beyond those running; past it: 503 + Retry-After "
-                        "(default 32)")
+                   help="requests waiting in each replica beyond the --max-concurrency running; past it: "
+                        "503 + Retry-After, at once (default 32)")
     g.add_argument("--retry-after", type=float, default=1.0, metavar="S",
                    help="Retry-After seconds sent with a 503 (default 1)")
 

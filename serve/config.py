@@ -54,7 +54,7 @@ class Scaling:
     target_ongoing_requests: float = 4.0
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0  # per replica; fractions let several replicas share one GPU
-    max_queued_requests: int = 32  # per caller (each HTTP proxy); past it: 503 + Retry-After
+    max_queued_requests: int = 32  # per replica, beyond the running ones; past it: 503 + Retry-After
     retry_after_s: float = 1.0
 
     def __post_init__(self):
@@ -76,13 +76,16 @@ class Scaling:
     def most_replicas(self) -> int:
         return self.max_replicas if self.autoscaling else self.replicas  # type: ignore[return-value]
 
-    def deployment_options(self, max_ongoing_requests: int) -> dict[str, Any]:
-        """Keyword arguments of Ray Serve's `Deployment.options`."""
+    def deployment_options(self, max_concurrency: int) -> dict[str, Any]:
+        """Keyword arguments of Ray Serve's `Deployment.options`. The replica holds the exact queue (admission.py);
+        Serve may hand it twice that, so that a burst's overflow reaches the replica and is refused there at once
+        instead of waiting in the proxy; the proxy's own queue, as large again, is only a backstop."""
         from ray.serve.config import BackpressureConfig
 
         actor = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        capacity = max_concurrency + self.max_queued_requests
         options: dict[str, Any] = {
-            "max_ongoing_requests": max_ongoing_requests, "max_queued_requests": self.max_queued_requests,
+            "max_ongoing_requests": 2 * capacity, "max_queued_requests": capacity,
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
             "ray_actor_options": actor}
         if self.autoscaling:

@@ -17,18 +17,19 @@ APP_NAME = "cyclediff"
                   max_constructor_retry_count=3)
 @serve.ingress()
 class EditServer:
-    """One Engine per replica, called concurrently by up to spec.max_concurrency requests (Serve's
-    max_ongoing_requests is set to the same number, so requests queue in Serve, bounded, not in here)."""
+    """One Engine per replica, called concurrently by up to spec.max_concurrency requests, with up to
+    scaling.max_queued_requests more waiting in the replica; past that the replica answers 503 (serve/admission.py).
+    """
 
-    def __init__(self, spec: EngineSpec, limits: Limits):
+    def __init__(self, spec: EngineSpec, limits: Limits, scaling: Scaling):
         import cyclediff  # sets OMP_WAIT_POLICY before torch is imported
 
         engine = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
-        self.worker = EngineWorker(engine, spec.max_concurrency)
-        self.limits = limits
+        self.worker = EngineWorker(engine, spec.max_concurrency, scaling.max_queued_requests)
+        self.limits, self.retry_after_s = limits, scaling.retry_after_s
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.worker, self.limits)
+        return build_app(self.worker, self.limits, self.retry_after_s)
 
     def check_health(self) -> None:
         """Serve calls this every 5 s; a replica whose worker threads are gone is replaced."""
@@ -41,7 +42,7 @@ class EditServer:
 
 def application(spec: EngineSpec, limits: Limits, scaling: Scaling):
     """The bound application that `serve.run` deploys."""
-    return EditServer.options(**scaling.deployment_options(spec.max_concurrency)).bind(spec, limits)
+    return EditServer.options(**scaling.deployment_options(spec.max_concurrency)).bind(spec, limits, scaling)
 
 
 def build(args: dict[str, Any]):

@@ -27,15 +27,30 @@ class CancelToken:
 
 
 class EngineWorker:
-    """One Engine, called from `threads` threads at once (the Engine merges their UNet calls). Counters are
-    reported by /v1/info: in_flight (calls running now), done, cancelled (calls stopped by their token)."""
+    """One Engine, called from `threads` threads at once (the Engine merges their UNet calls), with a bounded
+    queue: at most `threads + max_waiting` requests admitted at once, the rest refused (see admit).
+    Locking rule: every counter is read and written under self._lock only.
+    Counters reported by /v1/info: admitted (running or waiting now), refused, in_flight (Engine calls running
+    now), done, cancelled (calls stopped by their token)."""
 
-    def __init__(self, engine, threads: int):
+    def __init__(self, engine, threads: int, max_waiting: int = 0):
         self.engine = engine
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="cyclediff-serve")
+        self.capacity = threads + max_waiting
         self._lock = threading.Lock()
-        self.counts = {"in_flight": 0, "done": 0, "cancelled": 0}
+        self.counts = {"admitted": 0, "refused": 0, "in_flight": 0, "done": 0, "cancelled": 0}
         self.closed = False
+
+    def admit(self) -> bool:
+        """Takes a place in the replica's queue, or counts a refusal and returns False when all are taken.
+        Each True must be paired with one release()."""
+        with self._lock:
+            full = self.counts["admitted"] >= self.capacity
+            self.counts["refused" if full else "admitted"] += 1
+            return not full
+
+    def release(self) -> None:
+        self._count("admitted", -1)
 
     async def run(self, job: Callable[[CancelToken], Any], timeout_s: float) -> Any:
         """job(token) on a worker thread. Past timeout_s: RequestTimeout, and the token stops the call at its

@@ -188,6 +188,8 @@ def test_serve_yaml_builds_the_application(exports):
     assert config["applications"][0]["import_path"] == "cyclediff.serve.deployment:build"
     app = build(args)
     options = app._bound_deployment  # the deployment as bound: replicas and resources from args
-    assert options.ray_actor_options["num_gpus"] == 0.5 and options.max_ongoing_requests == 8
+    assert options.ray_actor_options["num_gpus"] == 0.5
+    # 8 running + 64 queued, counted by the replica; Serve may hand it twice that so it refuses the overflow
+    assert options.max_ongoing_requests == 2 * (8 + 64) and options.max_queued_requests == 8 + 64
     with pytest.raises(ValueError, match="unknown args"):
         build({**args, "replica": 2})
