@@ -17,7 +17,7 @@ arguments resumes where it stopped."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cyclediff.eval.metrics import METRICS
+    from cyclediff.eval.metric_names import METRICS
 
     p = argparse.ArgumentParser(prog="cyclediff-eval", description=__doc__, epilog=EXAMPLE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,7 +5,7 @@ import dataclasses
 import itertools
 import math
 
-from cyclediff.eval.metrics import METRICS
+from cyclediff.eval.metric_names import METRICS
 
 
 class GridError(ValueError):

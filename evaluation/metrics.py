@@ -8,9 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Each metric's name and whether higher is better (best-of-N selection and the tables read this).
-HIGHER_IS_BETTER = {"clip": True, "dclip": True, "psnr": True, "ssim": True, "l2": False}
-METRICS = tuple(HIGHER_IS_BETTER)
+from cyclediff.eval.metric_names import HIGHER_IS_BETTER, METRICS  # noqa: F401  (re-exported)
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

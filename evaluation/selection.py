@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from cyclediff.eval.metrics import HIGHER_IS_BETTER, METRICS
+from cyclediff.eval.metric_names import HIGHER_IS_BETTER, METRICS
 
 # Short names for settings in labels and tables; a method's own options not listed here keep their name.
 ABBREV = {"guidance_scale": "g", "strength": "s", "eta": "eta", "source_guidance_scale": "sg"}

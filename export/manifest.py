@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export.models import Dims, ModelSpec, TensorSpec
+from cyclediff.export.specs import Dims, ModelSpec, TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

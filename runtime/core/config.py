@@ -56,7 +56,7 @@ class EditParams:
     eta: float = 0.1
 
     def __post_init__(self):
-        from cyclediff.runtime.core.schedule import check_schedule_args
+        from cyclediff.runtime.core.schedule_args import check_schedule_args
 
         check_schedule_args(self.num_inference_steps, self.strength, self.eta)
         check_scale("guidance_scale", self.guidance_scale)

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cyclediff.runtime.core.schedule_args import check_schedule_args
+
 SUPPORTED_BETAS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SUPPORTED_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -195,13 +197,3 @@ def _append_coefs(cols, ac: torch.Tensor, final: torch.Tensor, t: int, prev: int
     cols["sig"].append(sigma)
     cols["den"].append(variance ** (0.5) * eta)
     cols["dir"].append((1 - a_prev - sigma**2) ** (0.5))
-
-
-def check_schedule_args(num_inference_steps: int, strength: float, eta: float) -> None:
-    """The scalar arguments every entry point shares; a clear error for each bad one."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-    if not isinstance(strength, (int, float)) or not math.isfinite(strength) or not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
