@@ -27,6 +27,7 @@ _EXPORTS = {
     "LatentCodeError": "cyclediff.runtime.core.latent_code",
     "InversionCode": "cyclediff.runtime.methods.pix2pix_zero.code",
     "EditDirection": "cyclediff.runtime.methods.pix2pix_zero.directions",
+    "cancel_scope": "cyclediff.runtime.core.cancel",
 }
 __all__ = list(_EXPORTS)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cyclediff.runtime.core.cancel import cancel_scope
 from cyclediff.serve.errors import Cancelled, RequestTimeout
 
 
@@ -70,7 +71,8 @@ class EngineWorker:
         token.check()
         self._count("in_flight", 1)
         try:
-            result = job(token)
+            with cancel_scope(token.check):  # stops the call at its next model call, the encoder's included
+                result = job(token)
         except Cancelled:
             self._count("cancelled", 1)
             raise

@@ -80,3 +80,29 @@ def test_a_failing_request_gives_its_place_back():
 
     worker = asyncio.run(scenario())
     assert worker.stats()["admitted"] == 0 and worker.stats()["refused"] == 0
+
+
+def test_worker_runs_each_job_in_its_tokens_cancel_scope():
+    """The worker's jobs run under cancel_scope(token.check): a timed-out request stops at the Engine's next model
+    call (the encoder's chunks included), not only at a decoder step."""
+    from cyclediff.runtime.core.cancel import check_cancelled
+    from cyclediff.serve.errors import Cancelled
+
+    worker = EngineWorker(None, threads=1)
+
+    def job(token):
+        check_cancelled()  # what the Engine's dispatcher does before each model call
+        token.cancel()  # the request times out while the job runs
+        check_cancelled()
+        return "ran to the end"
+
+    async def scenario():
+        return await worker.run(job, timeout_s=30)
+
+    try:
+        asyncio.run(scenario())
+        raise AssertionError("the job was not stopped")
+    except Cancelled:
+        pass
+    assert worker.stats()["cancelled"] == 1
+    worker.close()

@@ -23,6 +23,7 @@ import torch
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import UNET
 from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.cancel import check_cancelled
 from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 
 Tensors = Mapping[str, torch.Tensor]
@@ -224,4 +225,5 @@ class DispatchedRunner(ModelRunner):
         self.dispatcher = dispatcher
 
     def __call__(self, feeds: Tensors, outputs: Tensors) -> None:
+        check_cancelled()  # the caller's thread, before its job is queued: a stop here leaves nothing behind
         self.dispatcher.call(self.spec.name, feeds, outputs)

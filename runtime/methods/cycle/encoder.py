@@ -14,6 +14,7 @@ import torch
 from cyclediff.engine.base import ModelRunner
 from cyclediff.runtime.core import ddim
 from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.cancel import check_cancelled
 from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.schedule import StepTable
@@ -103,6 +104,7 @@ class DpmEncoder:
                 item, group = divmod(rest, groups)
                 sample[j].copy_(xs[step, item])
                 emb[j].copy_(text.uncond[0] if group == 0 and groups == 2 else text.cond[item])
+            check_cancelled()  # also where a captured graph replays without calling the runner
             out[start: start + m].copy_(self._chunk(sample[:m], t_buf[:m], emb[:m], res[:m]))
             if self.progress is not None:
                 self.progress.update(m)
