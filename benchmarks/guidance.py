@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edit_latency
 
+from cyclediff.export.heap import release_freed_memory
+
 PROMPT = "a photo of a face"
 ROWS = ("diffusers", "cyclediff", "cyclediff-nockpt")
 STEP_SIZE, WEIGHT, SCALE = 0.05, 5.0, 7.5
@@ -54,7 +56,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            _malloc_trim()
+            release_freed_memory()
             self.base = _rss()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
@@ -72,16 +74,6 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-
-
-def _malloc_trim() -> None:
-    """Return the heap's free pages to the system, so that RSS counts what is in use (glibc only)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name:
-        ctypes.CDLL(name).malloc_trim(0)
 
 
 def _rss() -> int:

@@ -20,25 +20,12 @@ def resolve_clip(spec: str) -> Path:
         from cyclediff.eval.tiny_clip import tiny_clip_folder
 
         return tiny_clip_folder()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ClipError(f"--clip {spec}: the folder has no config.json; pass a Hugging Face CLIP folder "
-                            f"(the layout of {PAPER_MODEL})")
-        return path
-    return _hub_snapshot(spec)
+    from cyclediff.export.hub_cache import model_folder
 
-
-def _hub_snapshot(repo_id: str) -> Path:
-    if repo_id.count("/") != 1 or " " in repo_id:
-        raise ClipError(f"--clip {repo_id!r} is not a folder, a hub id (owner/name) or 'tiny'")
-    from cyclediff.export.hub_cache import cached_snapshot
-
-    return cached_snapshot(repo_id, lambda: ClipError(
-        f"CLIP model {repo_id} is not in the local Hugging Face cache.\n"
-        f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
-        f"cache here), or pass a local CLIP folder with --clip DIR (--clip tiny: a random built-in one)"
-    ))
+    hub = spec if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) else PAPER_MODEL
+    return model_folder(spec, "--clip", f"on a machine with internet run `hf download {hub}` (huggingface_hub's "
+                        f"CLI) and copy the cache here, or pass a Hugging Face CLIP folder (the layout of "
+                        f"{PAPER_MODEL}) with --clip DIR (--clip tiny: a random built-in one)", ClipError)
 
 
 class ClipEmbedder:

@@ -14,3 +14,17 @@ def cached_snapshot(repo_id: str, missing: Callable[[], Exception]) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as err:  # offline and not cached: huggingface_hub raises several types
         raise missing() from err
+
+
+def model_folder(source: str | Path, what: str, fix: str, error: Callable[[str], Exception]) -> Path:
+    """A Hugging Face model folder: `source` itself when it is a folder with config.json, else the local cache's
+    snapshot of the hub id owner/name. Anything else raises error(message), the message naming `what` (e.g.
+    "CLIP model") and ending with `fix`."""
+    path, text = Path(source).expanduser(), str(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise error(f"{what} folder {path} has no config.json; {fix}")
+        return path
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")) or " " in text:
+        raise error(f"{what} {text!r} not found: not a folder, nor a hub id (owner/name); {fix}")
+    return cached_snapshot(text, lambda: error(f"{what} {text} is not in the local Hugging Face cache; {fix}"))

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from cyclediff.export.heap import release_freed_memory
+
 RECORD = "cyclediff.ort_optimize"  # metadata_props key of an optimized graph: JSON of `summary`
 _MS = "com.microsoft"
 # FusionOptions flags turned off: CUDA-only contrib ops, QKV/KV packing (CPU MHA rejects packed QKV), and
@@ -156,16 +158,5 @@ def optimize_file(path: Path, external_data_bytes: int) -> list[Path]:
     """Optimize the graph at `path` (+ its .data) in place; returns its files, .onnx first."""
     from cyclediff.export.onnx_export import _save
 
-    _release_freed_memory()  # the trace just freed its copies; the fusion holds the graph several times over
+    release_freed_memory()  # the trace just freed its copies; the fusion holds the graph several times over
     return _save(optimize(onnx.load(str(path))), path, external_data_bytes)
-
-
-def _release_freed_memory() -> None:
-    """Collect garbage and hand glibc's freed pages back to the OS: the trace of an SD UNet leaves several GB
-    that the process no longer uses but still holds, and the fusion's own peak comes on top of it."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -43,18 +43,9 @@ def load_clip(source: str | Path = DEFAULT_CLIP, device: str | torch.device = "c
 
 def resolve(source: str | Path) -> Path:
     """The local folder for `source`, or a GuidanceError saying how to get it."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise GuidanceError(f"CLIP folder {path} has no config.json; {_how_to_get(str(source))}")
-        return path
-    text = str(source)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise GuidanceError(f"CLIP model {text} not found: no such folder; {_how_to_get(text)}")
-    from cyclediff.export.hub_cache import cached_snapshot
+    from cyclediff.export.hub_cache import model_folder
 
-    return cached_snapshot(text, lambda: GuidanceError(
-        f"CLIP model {text} is not in the local Hugging Face cache; {_how_to_get(text)}"))
+    return model_folder(source, "CLIP model", _how_to_get(str(source)), GuidanceError)
 
 
 def _how_to_get(source: str) -> str:
