@@ -1,8 +1,8 @@
 """Editing methods the sweep can evaluate. A method turns one triplet and one encoding's settings into
 candidate images; add a method by writing a class with the same three members and registering it in METHODS.
 
-Hook for the methods being added to the engine (Pix2Pix-Zero, latent guidance): their `encodings` list the
-settings that share one inversion/encoding, `decodings` the ones decoded from it, and `run` calls the engine.
+`encodings` list the settings that share one inversion/encoding, `decodings` the ones made from it, and `run`
+calls the engine. Latent-space guidance generates rather than edits an image, so it has no triplet method.
 """
 from __future__ import annotations
 
@@ -62,7 +62,43 @@ class CycleMethod:
             return torch.stack([x.cpu() for x in pool.map(decode, decodings)])
 
 
-METHODS: dict[str, type] = {"cycle": CycleMethod}
+class Pix2PixZeroMethod:
+    """Pix2Pix-Zero: the source text is the image's caption (the inversion's and the edit's prompt) and the edit
+    direction is CLIP(target) − CLIP(source) of the triplet's two texts. One inversion per trial (its seed drives
+    the regularizer's random rolls), reused by every guidance scale and cross-attention guidance amount; eta is
+    the edit's DDIM eta (diffusers' default 0). Strength does not apply: the inversion covers every step, so the
+    rows record strength 1. Amounts > 0 run the guided step, which needs --backend torch."""
+
+    name = "pix2pix-zero"
+    options: ClassVar[dict[str, float]] = {"cross_attention_guidance_amount": 0.1}
+
+    def encodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        if len(grid.strengths) != 1:
+            raise GridError("--strength does not apply to --method pix2pix-zero (it inverts the whole schedule); "
+                            "give one value or leave it out")
+        return product(strength=(1.0,), eta=grid.etas)
+
+    def decodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        return product(guidance_scale=grid.guidance_scales,
+                       cross_attention_guidance_amount=grid.option_values("cross_attention_guidance_amount", 0.1))
+
+    def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
+        direction = engine.edit_direction([source], [target])
+        codes = [engine.invert(source, image, num_inference_steps=grid.steps, output_type=None,
+                               generator=torch.Generator().manual_seed(s)) for s in grid.seeds]
+
+        def edit(d: dict[str, float], code, seed: int) -> torch.Tensor:
+            return engine.pix2pix_zero(source, direction.source_embeds, direction.target_embeds,
+                                       num_inference_steps=grid.steps, guidance_scale=d["guidance_scale"],
+                                       eta=encoding["eta"], generator=torch.Generator().manual_seed(seed),
+                                       latents=code, output_type="pt",
+                                       cross_attention_guidance_amount=d["cross_attention_guidance_amount"],
+                                       ).images[0].cpu()
+
+        return torch.stack([torch.stack([edit(d, c, s) for c, s in zip(codes, grid.seeds)]) for d in decodings])
+
+
+METHODS: dict[str, type] = {"cycle": CycleMethod, "pix2pix-zero": Pix2PixZeroMethod}
 
 
 def get_method(name: str, grid_options: tuple[tuple[str, tuple[float, ...]], ...] = ()) -> Method:

@@ -6,7 +6,8 @@ import math
 from cyclediff.eval.metric_names import HIGHER_IS_BETTER, METRICS
 
 # Short names for settings in labels and tables; a method's own options not listed here keep their name.
-ABBREV = {"guidance_scale": "g", "strength": "s", "eta": "eta", "source_guidance_scale": "sg"}
+ABBREV = {"guidance_scale": "g", "strength": "s", "eta": "eta", "source_guidance_scale": "sg",
+          "cross_attention_guidance_amount": "xa"}
 HEADERS = {"clip": "CLIP", "dclip": "dCLIP", "psnr": "PSNR", "ssim": "SSIM", "l2": "L2"}
 
 
