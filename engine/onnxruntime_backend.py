@@ -42,9 +42,8 @@ def session_options(optimized: bool, threads: int | None, cpu: bool = True):
         # decoder's added ~1 GB on top (SD v1.4, 512²). Shared, the phases reuse the same blocks.
         _register_shared_cpu_arena()
         options.add_session_config_entry("session.use_env_allocators", "1")
-        # Packing the MatMul weights is nearly all of a session's creation (the SD UNet: 1.0 s of 1.05 s on
-        # 2 cores); on the intra-op threads it takes 0.6 s. The packed bytes are the same either way.
-        options.add_session_config_entry("session.prepack.enable_parallel", "1")
+        # Not session.prepack.enable_parallel: it packs the SD UNet in 0.6 s instead of 1.0 s, but the 512² edit
+        # then peaked at 23.0 GB RSS instead of 5.6 GB (ONNX Runtime 1.32, CPU; benchmarks/README.md).
     if threads is not None:
         # Our graphs run sequentially, so one inter-op thread; idle workers sleep instead of spinning, so that the
         # four sessions (and other Engines or processes) do not take cores from the one that is running.
