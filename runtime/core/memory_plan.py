@@ -160,6 +160,7 @@ class CallShape:
     steps: int
     guided: bool  # target branch guided (guidance_scale > 1): decoder UNet batch 2B
     source_guided: bool = False  # source branch guided: 2·K·B encoder UNet samples
+    extra: int = 0  # a method's own working bytes beside the UNet calls (Pix2Pix-Zero's guided step, backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,14 +247,17 @@ class MemoryPlanner:
         vae = s.batch * self.vae_image_bytes(s.latent_h, s.latent_w)
         parts = {"buffers": buffers, "encoder_unet": int(chunk * per_chunk), "decoder_unet": decoder, "vae": vae,
                  "overhead": self.coefficients.overhead}
-        peak = buffers + max(parts["encoder_unet"], decoder, vae) + parts["overhead"]
+        if s.extra:
+            parts["method_extra"] = s.extra
+        peak = buffers + max(parts["encoder_unet"], decoder, vae, s.extra) + parts["overhead"]
         return {**parts, "chunk": int(chunk), "peak": int(peak), "budget": self.budget}
 
     def check_call(self, latent_h: int, latent_w: int, batch: int, steps: int, guided: bool,
-                   source_guided: bool = False) -> dict[str, int]:
+                   source_guided: bool = False, extra: int = 0) -> dict[str, int]:
         """The plan of a call, or MemoryBudgetError (before anything is allocated) when its peak exceeds the
-        budget even with an encoder chunk of 1. steps: the encoder's K (the steps the edit runs)."""
-        shape = CallShape(latent_h, latent_w, batch, steps, guided, source_guided)
+        budget even with an encoder chunk of 1. steps: the encoder's K (the steps the edit runs). extra: a
+        method's own working bytes, held apart from the UNet calls (CallShape.extra)."""
+        shape = CallShape(latent_h, latent_w, batch, steps, guided, source_guided, extra)
         plan = self.plan(shape)
         if plan["peak"] > self.budget:
             raise self._refusal(shape, plan["peak"])

@@ -86,10 +86,11 @@ class Core:
         except MemoryBudgetError:
             return 1  # every call was admitted alone (admit): one sample at a time still fits
 
-    def admit(self, latent_hw: tuple[int, int], batch: int, steps: int, guided: bool, source_guided: bool) -> int:
+    def admit(self, latent_hw: tuple[int, int], batch: int, steps: int, guided: bool, source_guided: bool,
+              extra: int = 0) -> int:
         """Refuse, before anything is allocated, a call whose peak exceeds the memory budget even with an
-        encoder chunk of 1; otherwise return the encoder chunk the plan chose."""
-        plan = self.planner.check_call(*latent_hw, batch, steps, guided, source_guided)
+        encoder chunk of 1; otherwise return the encoder chunk the plan chose. extra: see CallShape.extra."""
+        plan = self.planner.check_call(*latent_hw, batch, steps, guided, source_guided, extra)
         return plan["chunk"]
 
     # ---- images in ------------------------------------------------------------------------------------

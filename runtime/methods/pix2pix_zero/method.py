@@ -17,6 +17,7 @@ from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.pix2pix_zero import directions, text
 from cyclediff.runtime.methods.pix2pix_zero.attention_guidance import GuidanceText, GuidedEditor, TorchUNet, plain_edit
+from cyclediff.runtime.methods.pix2pix_zero.backward_plan import guided_step_bytes
 from cyclediff.runtime.methods.pix2pix_zero.code import InversionCode, check_code
 from cyclediff.runtime.methods.pix2pix_zero.directions import EditDirection
 from cyclediff.runtime.methods.pix2pix_zero.inverse_schedule import InverseTable
@@ -97,7 +98,10 @@ class Pix2PixZero:
         noise = NoiseSource(generator, 1, core.device)
         with core.call() as pool:
             x_T = self._start_latents(latents, height, width, noise)
-            core.admit(tuple(x_T.shape[2:]), 1, table.num_steps, guided, False)
+            extra = 0 if unet is None else guided_step_bytes(
+                unet.module.unet, 2 if guided else 1, tuple(x_T.shape[1:]), self.text_shape, unet.compute,
+                1 if trajectory == "lockstep" else table.num_steps)
+            core.admit(tuple(x_T.shape[2:]), 1, table.num_steps, guided, False, extra)
             noises = _step_noises(noise, x_T, 2 * table.num_steps) if eta > 0 else None
             embeds = text.embeddings(core.prompts, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                      guided, clip_skip, core.device)
