@@ -19,7 +19,8 @@ class Admission:
         self.retry_after = str(max(0, math.ceil(retry_after_s))).encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") not in WORK_PATHS:
+        # endswith: under a route prefix (serve.yaml's route_prefix) the path may carry it in front
+        if scope["type"] != "http" or not str(scope.get("path", "")).endswith(WORK_PATHS):
             return await self.app(scope, receive, send)
         if not self.worker.admit():  # refused before the body is read: a refusal costs no memory
             return await self._reply_503(send)

@@ -59,6 +59,21 @@ def test_a_burst_gets_exactly_capacity_admitted_and_the_rest_503():
     assert worker.stats()["refused"] == 7 and worker.stats()["admitted"] == 0  # every place given back
 
 
+def test_paths_under_a_route_prefix_are_counted():
+    async def scenario():
+        worker = EngineWorker(None, threads=1)
+        inner = Held()
+        app = Admission(inner, worker, retry_after_s=1)
+        first = asyncio.create_task(_call(app, "/cyclediff/v1/encode"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        second = await _call(app, "/cyclediff/v1/edit")
+        inner.gate.set()
+        return (await first)[0], second[0]
+
+    assert asyncio.run(scenario()) == (200, 503)
+
+
 async def _ok(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"{}"})
