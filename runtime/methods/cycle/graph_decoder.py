@@ -7,6 +7,7 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.cancel import check_cancelled
 from cyclediff.runtime.core.graph_capture import CaptureConfig, CapturedStep, CudaGraphDevice, GraphDevice
 from cyclediff.runtime.core.schedule import StepTable
 from cyclediff.runtime.methods.cycle.decoder import Callback, DdimDecoder, TargetText
@@ -47,6 +48,7 @@ class GraphDdimDecoder(DdimDecoder):
             c.noises.copy_(noises)
         bufs["x"].copy_(x_T)
         for i in range(table.num_steps):
+            check_cancelled()  # a replayed graph does not pass through the dispatcher's check
             c.step()
             if callback is not None and i % callback_steps == 0:
                 callback(i, table.timesteps[i], bufs["x"])
