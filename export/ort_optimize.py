@@ -87,7 +87,9 @@ def _attention_to_mha(model: onnx.ModelProto) -> int:
     (B, T, 3D) product splits into three (B, T, D) tensors in MHA's separate-input layout. Zero biases (the
     optimizer adds them: diffusers' to_q/k/v have none) are dropped from every attention node."""
     inits = {i.name: i for i in model.graph.initializer}
-    zero = {name for name, i in inits.items() if not np.any(onnx.numpy_helper.to_array(i))}
+    biases = {n.input[3] for n in model.graph.node if n.op_type == "MultiHeadAttention" and len(n.input) == 4} | \
+        {n.input[2] for n in model.graph.node if n.op_type == "Attention" and len(n.input) > 2}
+    zero = {b for b in biases if b in inits and not np.any(onnx.numpy_helper.to_array(inits[b]))}
     nodes, count = [], 0
     for node in model.graph.node:
         if node.domain == _MS and node.op_type == "MultiHeadAttention" and len(node.input) == 4 \
@@ -154,9 +156,46 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# Weights at least this large stay on disk while the optimizer runs (see optimize_file). The fusions read the
+# values of attention projections (SD's largest: 1280 x 1280 fp32, 6.6 MB), biases and norms, all smaller.
+LEAN_MIN_BYTES = 16 * 2**20
+
+
 def optimize_file(path: Path, external_data_bytes: int) -> list[Path]:
-    """Optimize the graph at `path` (+ its .data) in place; returns its files, .onnx first."""
+    """Optimize the graph at `path` (+ its .data) in place; returns its files, .onnx first.
+
+    The optimizer's symbolic shape inference copies the whole model each time it runs (several times per
+    fusion pass): with every SD UNet weight in memory that peaked at 13 GB for a 3.4 GB graph. So the large
+    convolution and feed-forward weights stay on disk during the fusion (the optimizer reads only their shapes)
+    and are read in afterwards; if a fusion needed one of them, it is run again with every weight loaded."""
     from cyclediff.export.onnx_export import _save
 
-    release_freed_memory()  # the trace just freed its copies; the fusion holds the graph several times over
-    return _save(optimize(onnx.load(str(path))), path, external_data_bytes)
+    release_freed_memory()  # the trace just freed its copies
+    try:
+        fused = optimize(_lean(path))
+    except OptimizeError:
+        raise
+    except Exception:  # noqa: BLE001 -- a fusion read a weight left on disk: the full-memory way, as before
+        release_freed_memory()
+        fused = optimize(onnx.load(str(path)))
+    onnx.external_data_helper.load_external_data_for_model(fused, str(path.parent))
+    return _save(fused, path, external_data_bytes)
+
+
+def _lean(path: Path) -> onnx.ModelProto:
+    """The graph at `path` with the external weights under LEAN_MIN_BYTES read in and the larger ones left on
+    disk (their TensorProtos keep dims, type and file location)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(tensor) and _external_length(tensor) < LEAN_MIN_BYTES:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    return model
+
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    info = {e.key: e.value for e in tensor.external_data}
+    if "length" in info:
+        return int(info["length"])
+    return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
