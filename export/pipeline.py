@@ -19,6 +19,7 @@ from typing import Any
 
 from cyclediff.export import attention_maps, checkpoint, integrity, models
 from cyclediff.export.attention_maps import UNET_ATTN
+from cyclediff.export.heap import release_freed_memory
 from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
 from cyclediff.export.progress import Progress, quiet_libraries
@@ -123,6 +124,7 @@ class _Run:
             tokenizer_files = _install_tokenizer(self.comps.tokenizer, self.out)
         extra = {**(self._torchscript() if torchscript else {}), **(self._fp16(records) if fp16 else {}),
                  **self._memory_extra(records)}
+        self._release_weights()
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
@@ -132,6 +134,13 @@ class _Run:
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
         return ExportReport(manifest, tuple(n for n in self.names if n not in reused), tuple(reused),
                             {k: r.exporter for k, r in records.items()}, {k: r.parity for k, r in records.items()})
+
+    def _release_weights(self) -> None:
+        """Every torch graph is exported and verified: free the checkpoint's weights (the modules stay, on the meta
+        device, with their configs) before the ORT-cache step, the export's largest (an SD UNet session)."""
+        for module in (self.comps.unet, self.comps.vae, self.comps.text_encoder):
+            module.to("meta")
+        release_freed_memory()
 
     def _torchscript(self) -> dict[str, Any]:
         """TorchScript programs for libcyclediff's libtorch executor, recorded as extra["torchscript"]."""
