@@ -6,6 +6,7 @@ import itertools
 import math
 
 from cyclediff.eval.metric_names import METRICS
+from cyclediff.runtime.core.checks import check_number
 
 
 class GridError(ValueError):
@@ -37,8 +38,7 @@ class SweepGrid:
         if min(self.etas) < 0:
             raise GridError(f"--eta values must be >= 0, got {list(self.etas)}")
         for flag, n, low in (("--trials", self.trials, 1), ("--steps", self.steps, 1), ("--seed", self.seed, 0)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < low:
-                raise GridError(f"{flag} must be an integer >= {low}, got {n!r}")
+            check_number(flag, n, integer=True, low=low, error=GridError)
 
     @property
     def seeds(self) -> tuple[int, ...]:

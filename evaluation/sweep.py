@@ -17,6 +17,7 @@ from cyclediff.eval.methods import get_method
 from cyclediff.eval.selection import best_of_n, ranked, setting_label, summary_table
 from cyclediff.eval.store import RunStore
 from cyclediff.eval.triplets import Triplet, TripletError, load_triplets, read_image
+from cyclediff.runtime.core.checks import check_number
 
 KEEP_IMAGES = ("sheet", "all")
 SETTING_COLUMNS = ("guidance_scale", "strength", "eta")  # then the method's options
@@ -46,8 +47,7 @@ class SweepConfig:
         check_metric(self.select)
         if self.keep_images not in KEEP_IMAGES:
             raise ValueError(f"--keep-images must be one of {', '.join(KEEP_IMAGES)}, got {self.keep_images!r}")
-        if isinstance(self.sheet_size, bool) or not isinstance(self.sheet_size, int) or self.sheet_size < 1:
-            raise ValueError(f"--sheet-size must be an integer >= 1, got {self.sheet_size!r}")
+        check_number("--sheet-size", self.sheet_size, integer=True, low=1)
 
 
 @dataclasses.dataclass

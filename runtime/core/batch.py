@@ -5,6 +5,8 @@ import dataclasses
 
 import torch
 
+from cyclediff.runtime.core.checks import check_number
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
@@ -27,8 +29,7 @@ class BatchPlan:
     def make(cls, prompt, source_prompt, num_images: int, num_images_per_prompt: int,
              prompt_embeds: torch.Tensor | None = None) -> "BatchPlan":
         nipp = num_images_per_prompt
-        if isinstance(nipp, bool) or not isinstance(nipp, int) or nipp < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {nipp!r}")
+        check_number("num_images_per_prompt", nipp, integer=True, low=1)
         sources = _as_list("source_prompt", source_prompt)
         targets = None if prompt_embeds is not None else _as_list("prompt", prompt)
         n_target = prompt_embeds.shape[0] if prompt_embeds is not None else len(targets)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from cyclediff.runtime.core.checks import check_number
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -34,11 +35,8 @@ class EngineConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.dtype not in ("fp32", "fp16"):
             raise ValueError(f"dtype must be 'fp32' or 'fp16', got {self.dtype!r}")
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ValueError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
-        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int) \
-                or self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
+        check_number("max_batch", self.max_batch, integer=True, low=1)
+        check_number("max_concurrency", self.max_concurrency, integer=True, low=1)
         if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) \
                 or not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be a number of milliseconds in [0, 1000], got "
@@ -64,8 +62,7 @@ class EditParams:
 
 
 def check_scale(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    check_number(name, value)
 
 
 # The diffusers defaults, and the two settings of the CycleDiffusion documentation's examples.

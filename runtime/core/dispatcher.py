@@ -24,6 +24,7 @@ from cyclediff.engine.base import ModelRunner
 from cyclediff.export.models import UNET
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.cancel import check_cancelled
+from cyclediff.runtime.core.checks import check_number
 from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 
 Tensors = Mapping[str, torch.Tensor]
@@ -51,8 +52,7 @@ class BatchingConfig:
     wait_ms: float = 5.0
 
     def __post_init__(self):
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ValueError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+        check_number("max_batch", self.max_batch, integer=True, low=1)
         if not 0 <= self.wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be in [0, 1000] ms, got {self.wait_ms!r}")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+from cyclediff.runtime.core.checks import check_number
+
 
 def check_schedule_args(num_inference_steps: int, strength: float, eta: float) -> None:
     """The scalar arguments every entry point shares; a clear error for each bad one."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+    check_number("num_inference_steps", num_inference_steps, integer=True, low=1)
     if not isinstance(strength, (int, float)) or not math.isfinite(strength) or not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength!r}")
     if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:

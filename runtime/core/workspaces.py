@@ -12,14 +12,14 @@ from collections.abc import Iterator
 import torch
 
 from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.runtime.core.checks import check_number
 
 
 class Workspaces:
     """At most `limit` pools exist; a call that finds none free waits for one (this bounds memory)."""
 
     def __init__(self, device: torch.device, limit: int):
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_concurrency must be an integer >= 1, got {limit!r}")
+        check_number("max_concurrency", limit, integer=True, low=1)
         self.device, self.limit = device, limit
         self._cond = threading.Condition()
         self._free: list[BufferPool] = []

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import threading
 
 import torch
@@ -12,6 +11,7 @@ from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.models import UNET
 from cyclediff.runtime.core import backends
 from cyclediff.runtime.core.batch import BatchPlan
+from cyclediff.runtime.core.checks import check_number
 from cyclediff.runtime.core.config import check_output_args, check_scale
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
@@ -180,8 +180,7 @@ def _step_noises(noise: NoiseSource, like: torch.Tensor, n: int) -> torch.Tensor
 
 
 def _check_amount(amount: float) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) or amount < 0:
-        raise ValueError(f"cross_attention_guidance_amount must be a finite number >= 0, got {amount!r}")
+    check_number("cross_attention_guidance_amount", amount, low=0)
 
 
 def _one_generator(generator) -> torch.Generator | None:

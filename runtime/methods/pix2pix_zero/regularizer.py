@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
+
+from cyclediff.runtime.core.checks import check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +20,9 @@ class RegularizerParams:
 
     def __post_init__(self):
         for name in ("lambda_auto_corr", "lambda_kl"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            check_number(name, getattr(self, name))
         for name in ("num_reg_steps", "num_auto_corr_rolls"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            check_number(name, getattr(self, name), integer=True, low=0)
         if self.lambda_auto_corr > 0 and self.num_auto_corr_rolls == 0:
             raise ValueError("num_auto_corr_rolls=0 divides the auto-correlation gradient by zero; pass >= 1 or "
                              "lambda_auto_corr=0")

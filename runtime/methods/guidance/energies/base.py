@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import abc
-import math
 
 import torch
 
+from cyclediff.runtime.core.checks import check_number
 from cyclediff.runtime.methods.guidance.config import GuidanceError
 
 
@@ -18,9 +18,7 @@ class Energy(abc.ABC):
     name: str = "energy"
 
     def __init__(self, weight: float):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or weight < 0:
-            raise GuidanceError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight!r}")
+        check_number(f"{type(self).__name__}: weight", weight, low=0, error=GuidanceError)
         self.weight = float(weight)
 
     @abc.abstractmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from cyclediff.runtime.core.checks import check_number
 from cyclediff.runtime.methods.guidance.energies.base import Energy
 
 
@@ -16,8 +17,7 @@ class ClassifierEnergy(Energy):
         super().__init__(weight)
         if not callable(model):
             raise TypeError(f"ClassifierEnergy: model must be a callable torch.nn.Module, got {type(model)}")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"ClassifierEnergy: index must be an integer >= 0, got {index!r}")
+        check_number("ClassifierEnergy: index", index, integer=True, low=0)
         self.model, self.index, self.sign = model, index, 1.0 if positive else -1.0
         self.preprocess, self.name = preprocess, name
 

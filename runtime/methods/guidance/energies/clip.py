@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cyclediff.runtime.core.checks import check_number
 from cyclediff.runtime.methods.guidance.clip_loader import LoadedClip
 from cyclediff.runtime.methods.guidance.energies.augment import DiffAugment
 from cyclediff.runtime.methods.guidance.energies.base import Energy
@@ -20,8 +21,7 @@ class ClipEnergy(Energy):
         super().__init__(weight)
         if not isinstance(clip, LoadedClip):
             raise TypeError(f"ClipEnergy: clip must come from load_clip(...), got {type(clip).__name__}")
-        if isinstance(n_aug, bool) or not isinstance(n_aug, int) or n_aug < 1:
-            raise ValueError(f"ClipEnergy: n_aug must be an integer >= 1, got {n_aug!r}")
+        check_number("ClipEnergy: n_aug", n_aug, integer=True, low=1)
         if not isinstance(text, str) or not text.strip():
             raise ValueError("ClipEnergy: text must be a non-empty string")
         self.clip, self.text, self.n_aug, self.augment, self.name = clip, text, n_aug, augment, name
