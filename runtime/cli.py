@@ -182,16 +182,13 @@ def _run(args: argparse.Namespace) -> None:
         image = fit_sample(image, engine.manifest.sample_size)
     elif image is not None and not args.quiet:
         warn_size(image, engine.manifest.sample_size)
-    try:
+    with files:
         if code is None:
             code = encode(engine, image, args.source_prompt, params, args.seed, args.clip_skip)
         else:
             _note_code_flags(args)
         edits = decode_all(engine, code, args.prompt, params.guidance_scale, args.clip_skip, bar=not args.quiet)
         written = _write(files, outputs, image, edits, code, args)
-    except BaseException:
-        files.discard()
-        raise
     if not args.quiet:
         print("\n".join(map(str, written)))
 

@@ -271,22 +271,21 @@ def run_one(engine, job: Job, stop: threading.Event) -> Result:
     start = time.perf_counter()
     files = OutputSet(job.outs)
     try:
-        image = cli.read_image(job.image, what="image")
-        if job.image == cli.SAMPLE:
-            image = cli.fit_sample(image, engine.manifest.sample_size)
-        else:
-            cli.warn_size(image, engine.manifest.sample_size, where=f"line {job.line}: ")
-        code = cli.encode(engine, image, job.source_prompt, job.params, job.seed, job.clip_skip)
-        edits = cli.decode_all(engine, code, list(job.prompts), job.params.guidance_scale, job.clip_skip)
-        if stop.is_set():
-            raise Cancelled
-        cli.stage_images(files, job.outs, edits)
-        files.commit()
+        with files:  # any exception out of the block discards this job's files
+            image = cli.read_image(job.image, what="image")
+            if job.image == cli.SAMPLE:
+                image = cli.fit_sample(image, engine.manifest.sample_size)
+            else:
+                cli.warn_size(image, engine.manifest.sample_size, where=f"line {job.line}: ")
+            code = cli.encode(engine, image, job.source_prompt, job.params, job.seed, job.clip_skip)
+            edits = cli.decode_all(engine, code, list(job.prompts), job.params.guidance_scale, job.clip_skip)
+            if stop.is_set():
+                raise Cancelled
+            cli.stage_images(files, job.outs, edits)
+            files.commit()
     except Cancelled:
-        files.discard()
         return Result(job.line, job.out, "cancelled", time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - one job's failure, whatever it is, must not stop the others
-        files.discard()
         return Result(job.line, job.out, "failed", time.perf_counter() - start, cli.one_line(err))
     return Result(job.line, job.out, "ok", time.perf_counter() - start)
 

@@ -21,7 +21,8 @@ def _temp_prefix(path: Path) -> str:
 
 
 class OutputSet:
-    """`check()` before the work, `stage(path, writer)` per file after it, then `commit()`; `discard()` undoes.
+    """`check()` before the work, `stage(path, writer)` per file after it, then `commit()`; `discard()` undoes,
+    and `with files:` discards on any exception out of the block.
 
     Not thread-safe: one OutputSet belongs to one call (a job of `--jobs` has its own)."""
 
@@ -68,6 +69,15 @@ class OutputSet:
             raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         self._staged.clear()
         return list(self._committed)
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Leaving the block by any exception (KeyboardInterrupt too) discards what was written; it propagates."""
+        if exc_type is not None:
+            self.discard()
+        return False
 
     def discard(self) -> None:
         """Remove every file and folder this call wrote. Safe to call at any point, and twice."""

@@ -94,12 +94,9 @@ def _run(args: argparse.Namespace) -> None:
     image = run_cli.read_image(args.start_image, "--start-image") if args.start_image else None
     clip = _load_clip(args)
     engine = run_cli.load_engine(args)
-    try:
+    with files:
         result, strip = _guide(engine, args, config, image, clip)
         written = _write(files, paths, result, strip)
-    except BaseException:
-        files.discard()
-        raise
     if not args.quiet:
         print("\n".join(map(str, written)))
 

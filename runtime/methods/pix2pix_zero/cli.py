@@ -39,12 +39,9 @@ def run(args: argparse.Namespace) -> None:
     engine = cli.load_engine(args)
     if args.image == cli.SAMPLE:
         image = cli.fit_sample(image, engine.manifest.sample_size)
-    try:
+    with files:
         edit, code = _edit(engine, image, code, banks, args)
         written = _write(files, outputs, image, edit, code, args)
-    except BaseException:
-        files.discard()
-        raise
     if not args.quiet:
         print("\n".join(map(str, written)))
 
