@@ -104,7 +104,6 @@ class DpmEncoder:
                 item, group = divmod(rest, groups)
                 sample[j].copy_(xs[step, item])
                 emb[j].copy_(text.uncond[0] if group == 0 and groups == 2 else text.cond[item])
-            check_cancelled()  # also where a captured graph replays without calling the runner
             out[start: start + m].copy_(self._chunk(sample[:m], t_buf[:m], emb[:m], res[:m]))
             if self.progress is not None:
                 self.progress.update(m)
@@ -115,6 +114,7 @@ class DpmEncoder:
         if self.graphs is None:
             self.unet({"sample": sample, "timestep": timestep, "encoder_hidden_states": emb}, {"noise_pred": res})
             return res
+        check_cancelled()  # a replayed graph does not pass through the dispatcher's check
         key = (tuple(sample.shape), tuple(emb.shape))
         step = self._captured.get(key)
         if step is None:
