@@ -72,6 +72,11 @@ class Pix2PixZeroMethod:
     name = "pix2pix-zero"
     options: ClassVar[dict[str, float]] = {"cross_attention_guidance_amount": 0.1}
 
+    def __init__(self):
+        # The last input's inversions: every eta (an encoding axis, for the table's columns) edits from the
+        # same ones. One sweep calls run() from one thread, one input after another.
+        self._inverted: tuple[tuple, list] | None = None
+
     def encodings(self, grid: SweepGrid) -> list[dict[str, float]]:
         if len(grid.strengths) != 1:
             raise GridError("--strength does not apply to --method pix2pix-zero (it inverts the whole schedule); "
@@ -84,8 +89,7 @@ class Pix2PixZeroMethod:
 
     def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
         direction = engine.edit_direction([source], [target])
-        codes = [engine.invert(source, image, num_inference_steps=grid.steps, output_type=None,
-                               generator=torch.Generator().manual_seed(s)) for s in grid.seeds]
+        codes = self._inversions(engine, image, source, grid)
 
         def edit(d: dict[str, float], code, seed: int) -> torch.Tensor:
             return engine.pix2pix_zero(source, direction.source_embeds, direction.target_embeds,
@@ -96,6 +100,13 @@ class Pix2PixZeroMethod:
                                        ).images[0].cpu()
 
         return torch.stack([torch.stack([edit(d, c, s) for c, s in zip(codes, grid.seeds)]) for d in decodings])
+
+    def _inversions(self, engine, image, source: str, grid: SweepGrid) -> list:
+        key = (id(image), source, grid.steps, grid.seeds)
+        if self._inverted is None or self._inverted[0] != key:
+            self._inverted = (key, [engine.invert(source, image, num_inference_steps=grid.steps, output_type=None,
+                                                  generator=torch.Generator().manual_seed(s)) for s in grid.seeds])
+        return self._inverted[1]
 
 
 METHODS: dict[str, type] = {"cycle": CycleMethod, "pix2pix-zero": Pix2PixZeroMethod}

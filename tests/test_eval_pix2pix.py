@@ -65,3 +65,33 @@ def test_strength_axis_is_refused(exports, tmp_path, capsys):
                  str(tmp_path / "out"), *GRID, "--strength", "0.6,0.8"])
     assert code == 2 and "--strength does not apply to --method pix2pix-zero" in capsys.readouterr().err
     assert not (tmp_path / "out" / "candidates.csv").exists()
+
+
+def test_every_eta_edits_from_the_same_inversions():
+    """eta is an encoding axis (a table column) but not an input of the inversion: one inversion per trial seed
+    serves every eta of an input; the next input is inverted afresh."""
+    from types import SimpleNamespace
+
+    from cyclediff.eval.grid import SweepGrid
+    from cyclediff.eval.methods import Pix2PixZeroMethod
+
+    calls = []
+
+    class FakeEngine:
+        def edit_direction(self, source, target):
+            return SimpleNamespace(source_embeds=None, target_embeds=None)
+
+        def invert(self, prompt, image, **kwargs):
+            calls.append((prompt, kwargs["generator"].initial_seed()))
+            return object()
+
+        def pix2pix_zero(self, *args, **kwargs):
+            return SimpleNamespace(images=torch.zeros(1, 3, 2, 2))
+
+    grid = SweepGrid(guidance_scales=(1.0,), etas=(0.0, 0.5), trials=2, steps=3, method="pix2pix-zero")
+    method, engine = Pix2PixZeroMethod(), FakeEngine()
+    first, second = PIL.Image.new("RGB", (2, 2)), PIL.Image.new("RGB", (2, 2))
+    for image in (first, second):
+        for enc in method.encodings(grid):
+            method.run(engine, image, "a house", "a barn", enc, method.decodings(grid), grid)
+    assert calls == [("a house", 0), ("a house", 1)] * 2  # 2 seeds x 2 inputs, not x 2 etas
