@@ -1,7 +1,7 @@
 """Peak memory of one edit in a fresh process: cyclediff (onnxruntime, torch) against diffusers' CycleDiffusionPipeline.
 
-    python benchmarks/memory.py                                   # SD v1.4 architecture, 256/512/768, all three
-    python benchmarks/memory.py --sizes 256 --backends onnxruntime,diffusers
+    python benchmarks/memory.py                                   # SD v1.4 architecture, 256/512/768, all of them
+    python benchmarks/memory.py --sizes 256 --backends onnxruntime,openvino-bf16,diffusers,diffusers-bf16
 
 Each (size, implementation) runs in its own process (so the peak is that edit's alone): load, then one edit of
 --steps (10) x --strength (0.8) on the bundled sample resized to size², guidance 7.5. It reports the process's
@@ -25,17 +25,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edit_latency
 
 SOURCE, TARGET = edit_latency.SOURCE, edit_latency.TARGETS[0]
-IMPLS = ("onnxruntime", "torch", "diffusers")
+# "<backend>[-bf16]": cyclediff on that backend, or diffusers (torch_dtype=torch.bfloat16 for -bf16)
+IMPLS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-bf16", "diffusers", "diffusers-bf16")
+
+
+def impl_dtype(impl: str) -> tuple[str, str]:
+    """'openvino-bf16' -> ('openvino', 'bf16'); 'onnxruntime' -> ('onnxruntime', 'fp32')."""
+    name, _, dtype = impl.partition("-")
+    return name, dtype or "fp32"
 
 
 def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str) -> dict:
     """Load `impl`, run one edit at size², return its peaks and time (this process only runs this)."""
     image = edit_latency.sample_image(size)
-    if impl == "diffusers":
+    name, dtype = impl_dtype(impl)
+    if name == "diffusers":
         from diffusers import CycleDiffusionPipeline, DDIMScheduler
 
         ckpt = edit_latency.checkpoint_path(folder)
-        pipe = CycleDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, requires_safety_checker=False)
+        pipe = CycleDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, requires_safety_checker=False,
+                                                      torch_dtype=torch.bfloat16 if dtype == "bf16" else None)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -44,7 +53,7 @@ def one(impl: str, size: int, folder: Path, steps: int, strength: float, device:
     else:
         import cyclediff
 
-        engine = cyclediff.Engine.load(folder, backend=impl, device=device, progress=False)
+        engine = cyclediff.Engine.load(folder, backend=name, dtype=dtype, device=device, progress=False)
         run = lambda: engine.edit(prompt=TARGET, source_prompt=SOURCE, image=image, strength=strength,
                                   num_inference_steps=steps, guidance_scale=7.5,
                                   generator=torch.Generator().manual_seed(0))

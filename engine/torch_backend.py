@@ -10,11 +10,11 @@ from cyclediff.export.models import ModelSpec
 
 
 class TorchModel(ModelRunner):
-    """fp16 keeps the runtime's fp32 buffers: float inputs are cast in, outputs cast back on copy-out."""
+    """fp16/bf16 keep the runtime's fp32 buffers: float inputs are cast in, outputs cast back on copy-out."""
 
     def __init__(self, module: torch.nn.Module, spec: ModelSpec, device: torch.device, dtype: str = "fp32"):
         super().__init__(spec)
-        self.compute = torch.float16 if dtype == "fp16" else torch.float32
+        self.compute = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
         self.module = module.to(device=device, dtype=self.compute).eval()
 
     def __call__(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:

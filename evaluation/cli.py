@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cyclediff.runtime.core.config import BACKENDS, DTYPES
+
 EXAMPLE = """example (offline, built-in random checkpoints):
   cyclediff-export --ckpt tiny --out exports/tiny
   cyclediff-eval --engine exports/tiny --clip tiny --triplets triplets.csv --out runs/demo \\
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-images", default="sheet", choices=("sheet", "all"),
                    help="candidate PNGs to keep: those on the sheets (default) or all")
     p.add_argument("--size", type=int, help="evaluation side in px (default: the checkpoint's native size)")
-    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend (default auto)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="model precision (default fp32; bf16 on the CPU "
+                                                                   "runs on openvino or torch)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=16, help="largest merged UNet batch (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the summary table still prints)")
@@ -59,7 +63,8 @@ def config_from_args(args):
                      options=tuple(parse_option(o) for o in args.option))
     return SweepConfig(engine=args.engine, triplets=args.triplets, out=args.out, grid=grid, clip=args.clip,
                        select=args.select, sheet_size=args.sheet_size, keep_images=args.keep_images,
-                       backend=args.backend, device=args.device, size=args.size, max_batch=args.max_batch,
+                       backend=args.backend, dtype=args.dtype, device=args.device, size=args.size,
+                       max_batch=args.max_batch,
                        quiet=args.quiet)
 
 

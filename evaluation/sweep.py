@@ -38,6 +38,7 @@ class SweepConfig:
     sheet_size: int = 4
     keep_images: str = "sheet"
     backend: str = "auto"
+    dtype: str = "fp32"
     device: str = "cpu"
     size: int | None = None
     max_batch: int = 16
@@ -80,7 +81,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         import cyclediff
 
         engine = cyclediff.Engine.load(cfg.engine, backend=cfg.backend, device=cfg.device, progress=False,
-                                       max_batch=cfg.max_batch)
+                                       max_batch=cfg.max_batch, dtype=cfg.dtype)
         sweep.run(engine, ClipEmbedder(clip_dir, cfg.device), done)
     return sweep.finish(done)
 
@@ -104,7 +105,8 @@ def _identity(cfg: SweepConfig, engine_digest: str, triplets: list[Triplet], cli
     return {"engine": engine_digest, "backend": cfg.backend, "device": cfg.device, "size": size,
             "clip": _sha256(clip_dir / "config.json") + ":" + str(clip_dir.resolve()),
             "grid": dataclasses.asdict(cfg.grid), "select": cfg.select, "sheet_size": cfg.sheet_size,
-            "keep_images": cfg.keep_images, "triplets": files}
+            "keep_images": cfg.keep_images, "triplets": files,
+            **({"dtype": cfg.dtype} if cfg.dtype != "fp32" else {})}  # fp32 runs from before --dtype still resume
 
 
 def _sha256(path: Path) -> str:

@@ -70,6 +70,8 @@ def groups(manifest: Manifest) -> list[FileGroup]:
         out.append(FileGroup(f"TorchScript program {n}", (e["file"],), e["sha256"]))
     for e in (manifest.extra.get("ort_optimized") or {}).get("graphs", ()):
         out.append(FileGroup(f"ONNX Runtime-optimized graph {e['file']}", (e["file"], *e["data_files"]), e["sha256"]))
+    for e in (manifest.extra.get("openvino_ir") or {}).get("graphs", ()):
+        out.append(FileGroup(f"OpenVINO IR {e['file']}", (e["file"], *e["data_files"]), e["sha256"]))
     return out
 
 
@@ -177,8 +179,9 @@ def verify_all(folder: Path, manifest: Manifest) -> list[FileGroup]:
 
 
 def for_fast_load(folder: Path, manifest: Manifest, ref: CheckpointRef) -> Manifest:
-    """The export's last step before the manifest: ONNX Runtime-optimized graphs, then stamps of every file."""
-    from cyclediff.export import ort_cache
+    """The export's last step before the manifest: ONNX Runtime-optimized graphs and OpenVINO IR, then stamps of
+    every file."""
+    from cyclediff.export import openvino_ir, ort_cache
 
-    manifest = ort_cache.attach(folder, manifest)
+    manifest = openvino_ir.attach(folder, ort_cache.attach(folder, manifest))
     return attach(folder, manifest, checkpoint_stamps(ref))  # DEFAULT sampling, looked up now (tests narrow it)

@@ -27,7 +27,7 @@ from cyclediff.export.reuse import STATE, ExportState, ModelRecord, model_key
 from cyclediff.export.verify import Parity, Tolerance, check_graph, compare
 
 STAGING = ".staging"
-_TOOLS = ("cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime")
+_TOOLS = ("cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino")
 _STEPS = 3 + 2 * len(models.MODEL_NAMES) + 2  # resolve, hash, load, (export, verify) per model, tokenizer, manifest
 
 

@@ -14,7 +14,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from cyclediff.runtime import verbosity
-from cyclediff.runtime.core.config import BACKENDS, PRESETS, EditParams
+from cyclediff.runtime.core.config import BACKENDS, DTYPES, PRESETS, EditParams
 from cyclediff.runtime.methods.pix2pix_zero import cli as pix2pix_cli
 from cyclediff.runtime.outputs import OutputSet
 
@@ -119,11 +119,14 @@ def _add_edit_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend (default auto)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="runtime backend (default auto: tensorrt where its plans are, else openvino for bf16 on the "
+                        "CPU, else onnxruntime)")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"),
-                   help="model precision (default fp32); fp16 is for CUDA: it runs on the CPU too, slowly "
-                        "(onnxruntime needs an export made with --fp16)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES,
+                   help="model precision (default fp32). bf16: the fast CPU mode (openvino or torch, on a CPU with "
+                        "AVX512_BF16 or AMX). fp16 is for CUDA: it runs on the CPU too, slowly (onnxruntime needs "
+                        "an export made with --fp16)")
     p.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="largest UNet batch of the encoder (default 16)")
     p.add_argument("--threads", type=int, metavar="N",

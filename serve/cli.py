@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from cyclediff.runtime.core.config import BACKENDS, DTYPES
 from cyclediff.serve.config import EngineSpec, Limits, Scaling
 
 PROG = "cyclediff-serve"
@@ -73,9 +74,10 @@ def _scaling_flags(g) -> None:
 
 
 def _engine_flags(g) -> None:
-    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
+    g.add_argument("--backend", choices=BACKENDS, default="auto")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    g.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="fp32 | fp16 (CUDA) | bf16 (the fast CPU mode: "
+                                                                  "openvino or torch)")
     g.add_argument("--threads", type=int, help="intra-op CPU threads per replica (default: "
                                                "--num-cpus-per-replica)")
     g.add_argument("--max-batch", type=int, default=16, help="largest merged UNet batch (default 16)")

@@ -31,10 +31,10 @@ class Counted:
         self.runner(feeds, outputs)
 
 
-@pytest.fixture(scope="module")
-def engine(exports):
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def engine(exports, request):
     # max_batch 2: the encoder's 8 steps x [uncond, cond] at source guidance 2 are 8 chunked UNet calls
-    return cyclediff.Engine.load(exports("tiny"), backend="onnxruntime", max_batch=2, progress=False, threads=1)
+    return cyclediff.Engine.load(exports("tiny"), backend=request.param, max_batch=2, progress=False, threads=1)
 
 
 def _image():

@@ -8,7 +8,7 @@ import torch
 from cyclediff import Engine
 from reference import reference_edit, sample_image
 
-TOLERANCE = {"torch": 1e-4, "onnxruntime": 2e-3}
+TOLERANCE = {"torch": 1e-4, "onnxruntime": 2e-3, "openvino": 2e-3}
 CASES = [
     dict(),  # diffusers defaults (CFG on: guidance 7.5, eta 0.1, strength 0.8)
     dict(guidance_scale=1.0),  # CFG off: batch-2 reference step, source_guidance_scale ignored
@@ -26,7 +26,7 @@ def _edit_args(engine: Engine, **kw) -> dict:
     return args
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
 def test_tiny_matches_diffusers(exports, backend, case):
     engine = Engine.load(exports("tiny"), backend=backend, progress=False)
@@ -39,7 +39,7 @@ def test_tiny_matches_diffusers(exports, backend, case):
     assert err <= TOLERANCE[backend]
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 @pytest.mark.parametrize("name", ["tiny-deep", "tiny-trailing"])
 def test_other_checkpoint_configs_match_diffusers(exports, backend, name):
     """Deeper VAE (latent scale 4), 3-layer text encoder, linear-projection attention, trailing/linear schedule."""

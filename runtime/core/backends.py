@@ -16,12 +16,16 @@ from cyclediff.export.manifest import Manifest, ManifestError
 from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
 
 
-def choose(backend: str, device: torch.device, manifest: Manifest) -> str:
-    """'auto': TensorRT where its plans and library are present on a GPU, else ONNX Runtime."""
+def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = "fp32") -> str:
+    """'auto': TensorRT where its plans and library are present on a GPU, else ONNX Runtime; on the CPU, bf16 runs
+    on OpenVINO (the one backend with a fast bf16 path: benchmarks/README.md) and fp32 on ONNX Runtime (as fast as
+    OpenVINO fp32 on the SD UNet here, and with the export's prepacked graphs it loads faster)."""
     if backend != "auto":
         return backend
     if device.type == "cuda" and manifest.extra.get("tensorrt") and _has_tensorrt():
         return "tensorrt"
+    if device.type == "cpu" and dtype == "bf16":
+        return "openvino"
     return "onnxruntime"
 
 
@@ -51,10 +55,15 @@ def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.d
     threads: see threads_for; the torch backend sets torch's process-wide count (torch.set_num_threads)."""
     integrity.check_mode(verify)
     threads = threads_for(threads)
+    if dtype == "bf16" and backend not in ("openvino", "torch"):
+        raise BackendError(f"dtype='bf16' runs on backend 'openvino' (or 'torch'), not {backend!r}; use "
+                           "backend='openvino' (or 'auto', which picks it for bf16 on the CPU)")
     if backend == "onnxruntime":
         return _ort_runners(folder, manifest, device, dtype, verify, threads)
     if backend == "torch":
         return _torch_runners(manifest, device, dtype, verify, threads)
+    if backend == "openvino":
+        return _ov_runners(folder, manifest, device, dtype, verify, threads)
     if backend == "tensorrt":
         from cyclediff.engine.tensorrt_backend import load_plans
 
@@ -87,6 +96,39 @@ def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: 
         model = _ort_model(folder, manifest, entry["file"], entry["sha256"], spec, device, target, verify, threads)
         runners[n] = _guarded(model, spec, lambda n=n: fp32(n))
     return runners
+
+
+def _ov_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: str, verify: str,
+                threads: int) -> dict[str, ModelRunner]:
+    """Every graph on OpenVINO's CPU plugin, from the export's IR where it has one for this OpenVINO (else the ONNX
+    graph); bf16 VAE parts keep a lazily compiled fp32 twin for the overflow re-run."""
+    from cyclediff.engine.openvino_backend import require
+
+    require(device, dtype)
+
+    def make(n: str, precision: str = dtype) -> ModelRunner:
+        return _ov_model(folder, manifest, n, precision, verify, threads)
+
+    runners = _in_parallel(make, _names(manifest))
+    if dtype == "fp32":
+        return runners
+    return {n: _guarded(r, r.spec, lambda n=n: make(n, "fp32")) for n, r in runners.items()}
+
+
+def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: str, threads: int) -> ModelRunner:
+    from cyclediff.engine.openvino_backend import OvModel
+    from cyclediff.export import openvino_ir
+
+    entry = manifest.models[name]
+    ir = openvino_ir.lookup(manifest, entry.sha256)
+    if ir is None:
+        group = FileGroup(f"model {name}", (entry.file, *entry.data_files), entry.sha256)
+        path = folder / entry.file
+    else:
+        group = FileGroup(f"OpenVINO IR of {name}", (ir["file"], *ir["data_files"]), ir["sha256"])
+        path = folder / ir["file"]
+    integrity.check(folder, manifest, group, verify)
+    return OvModel(path, entry.spec, dtype, threads)
 
 
 def _names(manifest: Manifest) -> tuple[str, ...]:
@@ -145,7 +187,7 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify:
         runners: dict[str, ModelRunner] = {n: TorchModel(graphs[n], manifest.models[n].spec, device)
                                            for n in MODEL_NAMES}
     else:
-        runners = fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device)
+        runners = fp16_runners(graphs, {n: manifest.models[n].spec for n in MODEL_NAMES}, device, dtype)
     if UNET_ATTN in manifest.models:  # the export's wrapper, on the UNet's own parameters (no second copy)
         runners[UNET_ATTN] = TorchModel(attention_maps.graph(graphs[UNET].unet), manifest.models[UNET_ATTN].spec,
                                         device, dtype)
@@ -167,8 +209,9 @@ def checkpoint_graphs(manifest: Manifest, verify: str, who: str, alternative: st
     return models.graphs(checkpoint.load(ref))
 
 
-def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device) -> dict[str, ModelRunner]:
-    """fp16 models; the VAE parts keep an fp32 copy (on the CPU until needed) for the overflow re-run.
+def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device,
+                 dtype: str = "fp16") -> dict[str, ModelRunner]:
+    """fp16 (or bf16) models; the VAE parts keep an fp32 copy (on the CPU until needed) for the overflow re-run.
 
     The VAE encoder and decoder wrap ONE module and TorchModel converts in place, so every fp32 copy is made
     before any module is converted, in one deepcopy (its memo keeps the two wrappers on one copied VAE)."""
@@ -177,5 +220,5 @@ def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.
     from cyclediff.engine.torch_backend import TorchModel
 
     fp32 = copy.deepcopy({n: graphs[n] for n in MODEL_NAMES if _overflows_in_fp16(specs[n])})
-    return {n: _guarded(TorchModel(graphs[n], specs[n], device, "fp16"), specs[n],
+    return {n: _guarded(TorchModel(graphs[n], specs[n], device, dtype), specs[n],
                         lambda n=n: TorchModel(fp32[n], specs[n], device)) for n in MODEL_NAMES}

@@ -5,7 +5,8 @@ import dataclasses
 
 from cyclediff.runtime.core.checks import check_number
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+DTYPES = ("fp32", "fp16", "bf16")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -18,7 +19,8 @@ class EngineConfig:
     progress: bool = True
     # "fp16": UNet and text encoder in fp16 (the VAE too, with an fp32 re-run on overflow); latents, recorded
     # noises and all scheduler math stay fp32 whatever this says. Meant for CUDA; on the CPU it is slow and
-    # serves to check fp16 fidelity without a GPU.
+    # serves to check fp16 fidelity without a GPU. "bf16": the same policy in bfloat16, the fast CPU mode
+    # (backend "openvino" on a CPU with AVX512_BF16 or AMX; "torch" too).
     dtype: str = "fp32"
     cuda_graphs: bool = True  # capture the UNet calls on CUDA (torch and TensorRT backends)
     # Cross-request batching: how long a batch may wait for other in-flight calls' UNet jobs (ms), and how
@@ -33,8 +35,8 @@ class EngineConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.dtype not in ("fp32", "fp16"):
-            raise ValueError(f"dtype must be 'fp32' or 'fp16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         check_number("max_batch", self.max_batch, integer=True, low=1)
         check_number("max_concurrency", self.max_concurrency, integer=True, low=1)
         if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) \

@@ -1,6 +1,6 @@
 """Memory planning: a call's peak bytes from its shapes, the memory budget, the encoder's chunk, refusals up front.
 
-The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16; lat = C·h·w·4, one fp32 latent):
+The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16/bf16; lat = C·h·w·4, one fp32 latent):
 
   UNet, per sample at latent h×w:  e·(a_unet·W_unet·h·w + s·heads·T²·[scores materialized])
         W_unet: channels of the first UNet level (320 for SD v1); T = h·w / 4**attn_level: tokens of the first
@@ -88,6 +88,7 @@ class Coefficients:
 
 COEFFICIENTS = {
     "onnxruntime": Coefficients(unet=30, vae=7),
+    "openvino": Coefficients(unet=30, vae=7),
     "torch": Coefficients(unet=38, vae=12),
     "tensorrt": Coefficients(unet=38, vae=12),  # not measured (no GPU here): torch's, fp16 halves e
 }
@@ -192,7 +193,7 @@ class MemoryPlanner:
         return self.backend == "onnxruntime" and not (self.manifest.extra.get("ort_attention") or {}).get("vae_decoder")
 
     def _elem(self) -> int:
-        return 2 if self.dtype == "fp16" else 4
+        return 2 if self.dtype in ("fp16", "bf16") else 4
 
     def unet_sample_bytes(self, h: int, w: int) -> int:
         """One UNet sample's activations at latent h×w (fp32 sample/output buffers are counted separately)."""

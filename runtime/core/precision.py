@@ -24,7 +24,7 @@ class OverflowGuard:
 
     def note(self) -> None:
         if self.fallbacks == 0:
-            log.warning("fp16 %s produced non-finite values (overflow); re-running it in fp32 (warned once)",
+            log.warning("fp16/bf16 %s produced non-finite values (overflow); re-running it in fp32 (warned once)",
                         self.what)
         self.fallbacks += 1
 

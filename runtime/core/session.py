@@ -56,7 +56,7 @@ class Core:
         folder = Path(folder)
         manifest = Manifest.load(folder, verify_files=False)
         manifest.verify_files(folder, models=())  # tokenizer files; each backend checks what it reads
-        chosen = backends.choose(config.backend, torch.device(config.device), manifest)
+        chosen = backends.choose(config.backend, torch.device(config.device), manifest, config.dtype)
         runners = backends.load_runners(folder, manifest, chosen, torch.device(config.device), config.dtype,
                                         verify=verify, threads=threads)
         return cls(folder, manifest, runners, config, chosen)

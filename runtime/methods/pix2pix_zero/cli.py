@@ -64,20 +64,22 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CliError(f"--cross-attention-guidance must be >= 0, got {args.cross_attention_guidance}")
     if args.backend == "auto":
         args.backend = "torch"  # the guided step needs input gradients: only the torch backend has them
-    elif args.backend != "torch" and args.cross_attention_guidance > 0 and not _reference_on_ort(args):
+    elif args.backend != "torch" and args.cross_attention_guidance > 0 and not _reference_off_torch(args):
         raise CliError(f"--backend {args.backend} runs forward only, but the cross-attention guidance needs the "
                        "UNet's input gradient; use --backend torch (the default for this method), or "
-                       "--cross-attention-guidance 0, or (--backend onnxruntime) re-export with "
-                       "`cyclediff-export --attention-maps` to run all but the gradient step on ONNX Runtime")
+                       "--cross-attention-guidance 0, or (--backend onnxruntime or openvino) re-export with "
+                       "`cyclediff-export --attention-maps` to run all but the gradient step on that backend")
 
 
-def _reference_on_ort(args: argparse.Namespace) -> bool:
-    """--backend onnxruntime on an export with unet_attn: ORT runs the reference pass, torch only the gradient."""
+def _reference_off_torch(args: argparse.Namespace) -> bool:
+    """A forward-only backend (onnxruntime, openvino) on an export with unet_attn: it runs the reference pass,
+    torch only the gradient."""
     from cyclediff.export.attention_maps import UNET_ATTN
     from cyclediff.export.manifest import Manifest, ManifestError
 
     try:
-        return args.backend == "onnxruntime" and UNET_ATTN in Manifest.load(args.engine, verify_files=False).models
+        return args.backend in ("onnxruntime", "openvino") and \
+            UNET_ATTN in Manifest.load(args.engine, verify_files=False).models
     except ManifestError:
         return False  # the engine's load says what is wrong with the folder
 

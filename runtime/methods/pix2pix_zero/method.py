@@ -154,8 +154,9 @@ class Pix2PixZero:
                 f"Pix2Pix-Zero's cross-attention guidance needs the gradient of the UNet's input, which backend "
                 f"{core.backend!r} (forward only) cannot compute; load the engine with backend='torch' "
                 "(cyclediff-run --backend torch), or pass cross_attention_guidance_amount=0 (no guidance), or, "
-                "for backend='onnxruntime', re-export with `cyclediff-export --attention-maps` (the reference pass "
-                "then runs on ONNX Runtime and only the gradient step on a torch UNet loaded from the checkpoint). "
+                "for backend='onnxruntime' or 'openvino', re-export with `cyclediff-export --attention-maps` (the "
+                "reference pass then runs on that backend and only the gradient step on a torch UNet loaded from "
+                "the checkpoint). "
                 "Inversion runs on every backend.")
         return self._checkpoint_unet(), maps
 
