@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from reference import checkpoint_path, reference_edit, sample_image
 
 import cyclediff
 from cyclediff.engine import openvino_backend
@@ -19,12 +20,11 @@ from cyclediff.engine.base import BackendError
 from cyclediff.export import openvino_ir
 from cyclediff.export.manifest import Manifest, ManifestError
 from cyclediff.runtime.core import backends
-from reference import checkpoint_path, reference_edit, sample_image
 
 pytest.importorskip("openvino")
 BF16 = openvino_backend.cpu_has_bf16()
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no native bf16 (AVX512_BF16 or AMX)")
-EDIT = dict(prompt="a photo of a cat", source_prompt="a photo of a dog", num_inference_steps=10, output_type="np")
+EDIT = {"prompt": "a photo of a cat", "source_prompt": "a photo of a dog", "num_inference_steps": 10, "output_type": "np"}
 
 
 def _edit(engine, seed=3, **kw):
@@ -200,10 +200,10 @@ def test_cli_runs_bf16_and_refuses_it_on_onnxruntime(exports, tmp_path):
            "--source-prompt", "a house", "--prompt", "a castle", "--steps", "4", "--seed", "0", "--quiet"]
     dtype = "bf16" if BF16 else "fp32"
     done = subprocess.run(run + ["--backend", "openvino", "--dtype", dtype, "--out", str(tmp_path / "a.png")],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "a.png").is_file()
     bad = subprocess.run(run + ["--backend", "onnxruntime", "--dtype", "bf16", "--out", str(tmp_path / "b.png")],
-                         capture_output=True, text=True, timeout=300)
+                         check=False, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "backend 'openvino'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b.png").exists()
