@@ -2,6 +2,7 @@
 
     python benchmarks/edit_latency.py                                   # CPU, built-in `tiny` (~2 minutes)
     python benchmarks/edit_latency.py --arch sd-v1-4 --device cuda --dtype fp16 --compile
+    python benchmarks/edit_latency.py --dtype bf16                      # CPU bf16: openvino, torch, diffusers
 
 Scenarios: (a) first edit of an image (encode + decode), (b) the same edit again from a cached LatentCode
 (decode only; diffusers has no cache, so its row is a full edit), (c) N target prompts for one image
@@ -129,7 +130,8 @@ def engine_dir(args) -> Path:
 
 def wanted_backends(args) -> list[str]:
     backends = getattr(args, "backends", None)
-    return backends.split(",") if backends else default_backends(getattr(args, "device", "cpu"))
+    return backends.split(",") if backends else default_backends(getattr(args, "device", "cpu"),
+                                                                  getattr(args, "dtype", "fp32"))
 
 
 def can_build_tensorrt() -> bool:
@@ -252,7 +254,7 @@ def load_diffusers(path: Path, s: Setup):
     dlog.set_verbosity_error()
     pipe = CycleDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(s.device, torch.float16 if s.dtype == "fp16" else torch.float32)
+    return pipe.to(s.device, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype, torch.float32))
 
 
 def diffusers_cases(pipe, image, s: Setup, label: str = "diffusers", only_first: bool = False) -> list[Case]:
@@ -284,11 +286,11 @@ def load_engine(folder: Path, backend: str, s: Setup):
     from cyclediff.runtime.engine import Engine
 
     kwargs = {"backend": backend, "device": s.device, "progress": False}
-    if s.dtype == "fp16":
+    if s.dtype != "fp32":
         if "dtype" in inspect.signature(Engine.load).parameters:
-            kwargs["dtype"] = "fp16"
+            kwargs["dtype"] = s.dtype
         else:
-            print(f"note: the fp16 cyclediff path is not available yet; {backend} runs fp32", file=sys.stderr)
+            print(f"note: the {s.dtype} cyclediff path is not available yet; {backend} runs fp32", file=sys.stderr)
     return Engine.load(folder, **kwargs)
 
 
@@ -382,8 +384,11 @@ def print_stages(stages: dict[str, dict[str, float]]) -> None:
 
 
 # ---- main ----------------------------------------------------------------------------------------------
-def default_backends(device: str) -> list[str]:
-    backends = ["torch", "onnxruntime"]
+def default_backends(device: str, dtype: str = "fp32") -> list[str]:
+    """What runs `dtype` on `device`: bf16 on openvino and torch; fp32 on every CPU backend; TensorRT on CUDA."""
+    if dtype == "bf16":
+        return ["torch", "openvino"]
+    backends = ["torch", "onnxruntime"] + (["openvino"] if device == "cpu" and _has_openvino() else [])
     if device.startswith("cuda"):
         try:
             import tensorrt  # noqa: F401
@@ -391,6 +396,14 @@ def default_backends(device: str) -> list[str]:
         except ImportError:
             pass
     return backends
+
+
+def _has_openvino() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, engine_help: str = "reuse this export directory") -> None:
@@ -405,7 +418,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p, "reuse this export directory (its checkpoint runs the diffusers rows)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp16 needs --device cuda; bf16 (CPU) times openvino and torch against diffusers in bf16")
     p.add_argument("--backends", help="comma-separated cyclediff backends (default: torch,onnxruntime[,tensorrt])")
     p.add_argument("--steps", type=int, help="num_inference_steps (default: 50 on cuda, 10 on cpu: keeps the CPU run near 2 minutes)")
     p.add_argument("--strength", type=float, default=0.8)
@@ -479,7 +493,12 @@ def print_mfu(engines: list, stages: dict[str, dict[str, float]], image, s: Setu
     d = counted[0].manifest.dims
     hw = (image.size[1] // d.vae_scale, image.size[0] // d.vae_scale)
     tflop = unet_step_tflop(counted[0], 2 if s.guidance_scale > 1 else 1, hw)
-    peak = matmul_peak_tflops(s.device, torch.float16 if s.dtype == "fp16" else torch.float32)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype, torch.float32)
+    peak = matmul_peak_tflops(s.device, dtype)
+    if s.device == "cpu":  # the best that torch or OpenVINO reaches here (benchmarks/mfu.py)
+        from mfu import cpu_matmul_peaks
+
+        peak = max(v for k, v in cpu_matmul_peaks().items() if k.endswith(s.dtype))
     lines = {}
     for e in engines:
         step = stages.get(e.backend, {}).get("decoder, per step")

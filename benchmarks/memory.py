@@ -35,41 +35,85 @@ def impl_dtype(impl: str) -> tuple[str, str]:
     return name, dtype or "fp32"
 
 
-def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str) -> dict:
-    """Load `impl`, run one edit at size², return its peaks and time (this process only runs this)."""
+def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str, timings: bool = False) -> dict:
+    """Load `impl`, run one edit at size², return its peaks and time (this process only runs this).
+
+    timings: also the load, a second (warm) edit, a decode of a cached LatentCode (cyclediff; diffusers has no
+    cache: its repeat is the warm edit) and one guided decoder UNet call (batch 2) alone, after the peak is read."""
     image = edit_latency.sample_image(size)
     name, dtype = impl_dtype(impl)
-    if name == "diffusers":
-        from diffusers import CycleDiffusionPipeline, DDIMScheduler
-
-        ckpt = edit_latency.checkpoint_path(folder)
-        pipe = CycleDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, requires_safety_checker=False,
-                                                      torch_dtype=torch.bfloat16 if dtype == "bf16" else None)
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        pipe = pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        run = lambda: pipe(prompt=TARGET, source_prompt=SOURCE, image=image, strength=strength,
-                           num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0))
-    else:
-        import cyclediff
-
-        engine = cyclediff.Engine.load(folder, backend=name, dtype=dtype, device=device, progress=False)
-        run = lambda: engine.edit(prompt=TARGET, source_prompt=SOURCE, image=image, strength=strength,
-                                  num_inference_steps=steps, guidance_scale=7.5,
-                                  generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    run()
+    edit, prepare, repeat, unet = _diffusers(folder, dtype, device, image, steps, strength) \
+        if name == "diffusers" else _cyclediff(folder, name, dtype, device, image, steps, strength)
+    load_s = time.perf_counter() - t0
+    seconds = _timed(edit, device)
+    cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    row = {"impl": impl, "size": size, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "peak_cuda": cuda, "seconds": seconds}
+    if timings:
+        row.update(load_s=load_s, warm_s=_timed(edit, device))
+        prepare()
+        row.update(repeat_s=_timed(repeat, device), unet_step_s=min(_timed(unet, device) for _ in range(3)))
+    return row
+
+
+def _timed(fn, device: str) -> float:
+    t0 = time.perf_counter()
+    fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"impl": impl, "size": size, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_cuda": cuda, "seconds": seconds}
+    return time.perf_counter() - t0
+
+
+def _diffusers(folder: Path, dtype: str, device: str, image, steps: int, strength: float):
+    from diffusers import CycleDiffusionPipeline, DDIMScheduler
+
+    ckpt = edit_latency.checkpoint_path(folder)
+    pipe = CycleDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, requires_safety_checker=False,
+                                                  torch_dtype=torch.bfloat16 if dtype == "bf16" else None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    edit = lambda: pipe(prompt=TARGET, source_prompt=SOURCE, image=image, strength=strength,
+                        num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0))
+    p = next(pipe.unet.parameters())
+    feeds = _unet_feeds(pipe.unet.config.cross_attention_dim, image.size, p.device, p.dtype)
+
+    def unet():
+        with torch.inference_mode():
+            pipe.unet(*feeds)
+
+    return edit, lambda: None, edit, unet
+
+
+def _cyclediff(folder: Path, backend: str, dtype: str, device: str, image, steps: int, strength: float):
+    import cyclediff
+
+    engine = cyclediff.Engine.load(folder, backend=backend, dtype=dtype, device=device, progress=False)
+    edit = lambda: engine.edit(prompt=TARGET, source_prompt=SOURCE, image=image, strength=strength,
+                               num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0))
+    code = []  # the repeat edit decodes one cached LatentCode: made by prepare(), untimed
+    prepare = lambda: code.append(engine.encode(image, SOURCE, strength=strength, num_inference_steps=steps,
+                                                generator=torch.Generator().manual_seed(0)))
+    decode = lambda: engine.decode(code[-1], TARGET, guidance_scale=7.5)
+    sample, t, emb = _unet_feeds(engine.manifest.dims.text_width, image.size, engine.device, torch.float32)
+    out = {"noise_pred": torch.empty_like(sample)}
+    unet = lambda: engine.runners["unet"]({"sample": sample, "timestep": t, "encoder_hidden_states": emb}, out)
+    return edit, prepare, decode, unet
+
+
+def _unet_feeds(width: int, size: tuple[int, int], dev, dtype):
+    """One guided decoder step's UNet inputs: batch 2 at the image's latent size."""
+    h, w = size[1] // 8, size[0] // 8
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 4, h, w, generator=g).to(dev, dtype), torch.full((2,), 500.0, device=dev, dtype=dtype),
+            torch.randn(2, 77, width, generator=g).to(dev, dtype))
 
 
 def child(args, impl: str, size: int, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--one", impl, "--sizes", str(size), "--engine", str(folder),
            "--steps", str(args.steps), "--strength", str(args.strength), "--device", args.device]
+    cmd += ["--timings"] if args.timings else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # a crash or OOM kill is a row
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
@@ -115,24 +159,75 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--strength", type=float, default=0.8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--timings", action="store_true",
+                   help="also time the load, a warm edit, a repeat edit (decode of a cached code) and one guided "
+                        "UNet step, with its MFU against the CPU's fp32 and bf16 matmul peaks measured first")
+    p.add_argument("--json", help="also write the rows (and peaks) to this file")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one implementation in this process
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
-        print(json.dumps(one(args.one, sizes[0], Path(args.engine), args.steps, args.strength, args.device)))
+        print(json.dumps(one(args.one, sizes[0], Path(args.engine), args.steps, args.strength, args.device,
+                             args.timings)))
         return
     impls = [b for b in args.backends.split(",") if b]
     if set(impls) - set(IMPLS):
         p.error(f"--backends must be a subset of {','.join(IMPLS)}")
     folder = export_dir(args)
+    peaks = cpu_peaks() if args.timings and args.device == "cpu" else {}
     rows = []
     for size in sizes:
         for impl in impls:
             rows.append(child(args, impl, size, folder))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            _save(args.json, rows, peaks)  # after every row: a killed run keeps what it measured
     print(f"one edit, {args.steps} steps x strength {args.strength}, guidance 7.5, {args.device}, "
           f"each in a fresh process ({folder})")
     print(table(rows))
+    if args.timings:
+        print(timing_table(rows, peaks, folder))
+
+
+def _save(path: str | None, rows: list[dict], peaks: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"peaks_tflops": peaks, "rows": rows}, indent=1))
+
+
+def cpu_peaks() -> dict[str, float]:
+    """Best dense matmul rate (TFLOP/s) that torch and OpenVINO reach here, per dtype; printed, and MFU's base."""
+    from mfu import cpu_matmul_peaks
+
+    peaks = cpu_matmul_peaks()
+    print("matmul peaks (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in peaks.items()), file=sys.stderr)
+    return peaks
+
+
+def timing_table(rows: list[dict], peaks: dict[str, float], folder: Path) -> str:
+    """Times per implementation; ratios against onnxruntime (fp32) and diffusers fp32/bf16 at the same size;
+    MFU of the guided UNet step against the best matmul peak of the row's dtype."""
+    from mfu import unet_step_tflops
+
+    flops = unet_step_tflops(str(edit_latency.checkpoint_path(folder)), tuple(sorted({r["size"] for r in rows})))
+    lines = ["| size | implementation | load (s) | first edit, cold (s) | edit (s) | repeat edit (s) | UNet step (s) "
+             "| step MFU | peak RSS (GB) | edit vs onnxruntime | vs diffusers | vs diffusers bf16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["size"], r["impl"]): r for r in rows if "error" not in r}
+    for r in rows:
+        if "error" in r or "warm_s" not in r:
+            continue
+        tflop = flops[r["size"]]
+        peak = max(v for k, v in peaks.items() if k.endswith(impl_dtype(r["impl"])[1])) if peaks else None
+        mfu = f"{100 * tflop / r['unet_step_s'] / peak:.0f}%" if peak else "-"
+        ratios = [_ratio(base.get((r["size"], ref)), r) for ref in ("onnxruntime", "diffusers", "diffusers-bf16")]
+        lines.append(f"| {r['size']}² | {r['impl']} | {r['load_s']:.1f} | {r['seconds']:.1f} | {r['warm_s']:.1f} | "
+                     f"{r['repeat_s']:.1f} | {r['unet_step_s']:.2f} | {mfu} | {r['peak_rss'] / 1e9:.2f} | "
+                     + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(ref: dict | None, row: dict) -> str:
+    """ref's warm edit / row's warm edit (higher: row is faster)."""
+    return f"{ref['warm_s'] / row['warm_s']:.2f}x" if ref and "warm_s" in ref else "-"
 
 
 if __name__ == "__main__":

@@ -51,3 +51,57 @@ def report(step_ms: float, tflop: float, peak: float) -> str:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def cpu_matmul_peaks(sizes: tuple[int, ...] = (2048, 4096), repeat: int = 6) -> dict[str, float]:
+    """The best n×n×n matmul rate (TFLOP/s) each library reaches on this CPU: torch and OpenVINO, fp32 and bf16.
+    Keys 'torch fp32', 'openvino bf16', ...; OpenVINO where it is installed."""
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        peaks[f"torch {name}"] = max(matmul_peak_tflops("cpu", dtype, n, repeat) for n in sizes)
+        try:
+            peaks[f"openvino {name}"] = max(_openvino_matmul_tflops(name, n, repeat) for n in sizes)
+        except ImportError:
+            pass
+    return peaks
+
+
+def _openvino_matmul_tflops(dtype: str, n: int, repeat: int) -> float:
+    """One MatMul with a constant n×n weight on OpenVINO's CPU plugin at this precision hint."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([n, n], ov.Type.f32)
+    weight = ops.constant(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, weight, False, False)], [x]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32" if dtype == "fp32" else "bf16",
+                                        "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    data = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    times = []
+    for _ in range(repeat + 2):
+        start = time.perf_counter()
+        request.infer({0: data})
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / sorted(times[2:])[len(times[2:]) // 2] / 1e12
+
+
+def unet_step_tflops(checkpoint: str, sizes: tuple[int, ...], batch: int = 2) -> dict[int, float]:
+    """FLOPs (TFLOP) of one UNet call of `batch` samples at each size² pixels (latent size/8), counted by torch on
+    the checkpoint's UNet running one sample (FLOPs are linear in the batch); the weights are freed after."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DConditionModel.from_pretrained(checkpoint, subfolder="unet").eval()
+    out = {}
+    for size in sizes:
+        side = size // 8
+        args = (torch.randn(1, unet.config.in_channels, side, side), torch.full((1,), 500.0),
+                torch.randn(1, 77, unet.config.cross_attention_dim))
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            unet(*args)
+        out[size] = batch * counter.get_total_flops() / 1e12
+    return out

@@ -15,7 +15,7 @@ import torch
 from reference import checkpoint_path, reference_edit, sample_image
 
 import cyclediff
-from cyclediff.engine import openvino_backend
+from cyclediff.engine import mapped_pages, openvino_backend
 from cyclediff.engine.base import BackendError
 from cyclediff.export import openvino_ir
 from cyclediff.export.manifest import Manifest, ManifestError
@@ -179,7 +179,7 @@ def test_drop_file_pages_leaves_the_data_intact(tmp_path):
     path.write_bytes(bytes(range(256)) * 4096)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         first = bytes(m[:4096])
-        dropped = openvino_backend.drop_file_pages([path])
+        dropped = mapped_pages.drop_file_pages([path])
         assert bytes(m[:4096]) == first and m[-1] == 255
     if sys.platform.startswith("linux"):
         assert dropped >= 4096 * 256
@@ -207,3 +207,53 @@ def test_cli_runs_bf16_and_refuses_it_on_onnxruntime(exports, tmp_path):
                          check=False, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "backend 'openvino'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b.png").exists()
+
+
+def test_service_serves_an_openvino_engine(exports):
+    """cyclediff-serve's app over an openvino Engine: /v1/info names it, /v1/edit equals Engine.edit."""
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install '.[serve]'")
+    import base64
+    import io
+
+    import PIL.Image
+    from fastapi.testclient import TestClient
+
+    from cyclediff.serve.app import build_app
+    from cyclediff.serve.config import EngineSpec, Limits
+    from cyclediff.serve.worker import EngineWorker
+
+    spec = EngineSpec(str(exports("tiny")), backend="openvino", dtype="bf16" if BF16 else "fp32", threads=1)
+    engine = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
+    buf = io.BytesIO()
+    sample_image(32).save(buf, "PNG")
+    worker = EngineWorker(engine, 2)
+    try:
+        with TestClient(build_app(worker, Limits(request_timeout_s=60))) as http:
+            info = http.get("/v1/info").json()
+            assert (info["backend"], info["dtype"]) == ("openvino", spec.dtype)
+            r = http.post("/v1/edit", json={"image": base64.b64encode(buf.getvalue()).decode(), "seed": 5,
+                                            "source_prompt": "a house", "prompt": "a castle",
+                                            "num_inference_steps": 6, "output_format": "npy"})
+            assert r.status_code == 200, r.text
+        ref = engine.edit("a castle", "a house", PIL.Image.open(buf), num_inference_steps=6, output_type="np",
+                          generator=torch.Generator().manual_seed(5)).images[0]
+        assert np.abs(np.load(io.BytesIO(r.content)) - ref).max() <= 1e-4
+    finally:
+        worker.close()
+
+
+def test_unet_compiles_once_per_latent_size_and_keeps_one(exports):
+    """Every batch runs on the one batch-1 model of its latent size; another size replaces it (capacity 1)."""
+    folder = exports("tiny")
+    manifest = Manifest.load(folder, verify_files=False)
+    unet = backends.load_runners(folder, manifest, "openvino", torch.device("cpu"))["unet"]
+    ort = backends.load_runners(folder, manifest, "onnxruntime", torch.device("cpu"))["unet"]
+    g = torch.Generator().manual_seed(1)
+    for b, side in ((3, 8), (2, 8), (1, 8), (2, 16)):
+        feeds = {"sample": torch.randn(b, 4, side, side, generator=g), "timestep": torch.rand(b, generator=g) * 900,
+                 "encoder_hidden_states": torch.randn(b, 77, manifest.dims.text_width, generator=g)}
+        got, want = torch.empty(b, 4, side, side), torch.empty(b, 4, side, side)
+        unet(feeds, {"noise_pred": got})
+        ort(feeds, {"noise_pred": want})
+        assert float((got - want).abs().max()) < 1e-4, (b, side)
+    assert unet.compiles == 2 and len(unet._models) == 1

@@ -117,6 +117,7 @@ def _ov_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: s
 
 def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: str, threads: int) -> ModelRunner:
     from cyclediff.engine.openvino_backend import OvModel
+    from cyclediff.engine.openvino_unet import OvSampleModel
     from cyclediff.export import openvino_ir
 
     entry = manifest.models[name]
@@ -128,6 +129,8 @@ def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: s
         group = FileGroup(f"OpenVINO IR of {name}", (ir["file"], *ir["data_files"]), ir["sha256"])
         path = folder / ir["file"]
     integrity.check(folder, manifest, group, verify)
+    if name in (UNET, UNET_ATTN):
+        return OvSampleModel(path, entry.spec, dtype, threads)
     return OvModel(path, entry.spec, dtype, threads)
 
 

@@ -14,6 +14,10 @@ The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16/bf16; lat = C
         + chunk·(2·lat + emb) (the chunk's sample, result, text) + g_t·B·emb + 4 pixel-sized copies per image.
   Peak = buffers + max(UNet chunk, decoder UNet batch g_t·B, VAE over B images) + overhead: the phases run one
   after another, and the buffers stay allocated.
+  openvino runs every UNet call sample by sample on a static batch-1 model (engine/openvino_unet.py): its UNet
+  activations are one sample's whatever the chunk, and the models' packed weights (bf16: half the fp32 bytes) are
+  allocated at their first calls (the UNet's at the first call of a latent size), after the budget was taken, so
+  they are a part of the plan.
 
 The weights are not in the budget: they are resident before any call (the budget is taken after loading).
 a_unet and a_vae come from peak-RSS measurements of single calls (`python benchmarks/memory.py --calls`):
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 
 from cyclediff.export.manifest import Manifest
+from cyclediff.export.specs import MODEL_NAMES
 
 MiB, GiB = 1 << 20, 1 << 30
 SAFE_FRACTION = 0.75  # of the available RAM / free GPU memory when no max_memory is given
@@ -88,7 +93,11 @@ class Coefficients:
 
 COEFFICIENTS = {
     "onnxruntime": Coefficients(unet=30, vae=7),
-    "openvino": Coefficients(unet=30, vae=7),
+    # SD v1.4, bf16, 2-core EPYC: the static batch-1 UNet model's buffers beside its packed weights were 577 MiB
+    # at a 32² latent and 624 MiB at 64² (the plugin reuses them across layers): a fixed part (overhead) and a
+    # small per-pixel one; the dynamic VAE decoder took 477 MiB at 512² (a_vae 7.3 at 2 bytes). A 256² edit rose
+    # 2.98 GB above the loaded engine: 2.70 GB of it planned before the overhead took the rest (960 MiB).
+    "openvino": Coefficients(unet=30, vae=8, overhead=960 * MiB),
     "torch": Coefficients(unet=38, vae=12),
     "tensorrt": Coefficients(unet=38, vae=12),  # not measured (no GPU here): torch's, fp16 halves e
 }
@@ -192,6 +201,21 @@ class MemoryPlanner:
         # Exports before the VAE fusion (export/sdpa_fusion.py) record no "vae_decoder" entry: materialized.
         return self.backend == "onnxruntime" and not (self.manifest.extra.get("ort_attention") or {}).get("vae_decoder")
 
+    @property
+    def per_sample_unet(self) -> bool:
+        """The UNet runs one sample at a time (openvino): a merged call holds one sample's activations."""
+        return self.backend == "openvino"
+
+    def packed_bytes(self) -> int:
+        """openvino: the weights the plugin packs on each model's first call (the UNet's static model, the text
+        encoder, the VAE), from the export's recorded file sizes; bf16 halves them."""
+        if self.backend != "openvino":
+            return 0
+        sizes = (self.manifest.extra.get("integrity") or {}).get("files") or {}
+        weights = sum(int(sizes.get(f, {}).get("size", 0)) for name in MODEL_NAMES
+                      for f in (self.manifest.models[name].file, *self.manifest.models[name].data_files))
+        return weights // 2 if self.dtype == "bf16" else weights
+
     def _elem(self) -> int:
         return 2 if self.dtype in ("fp16", "bf16") else 4
 
@@ -222,11 +246,14 @@ class MemoryPlanner:
     def max_unet_batch(self, latent_h: int, latent_w: int, reserved: int = 0) -> int:
         """Largest UNet batch that fits the budget minus `reserved` (bytes the caller already holds), capped by
         max_batch. Raises MemoryBudgetError when not even one sample fits."""
-        free = self.budget - self.coefficients.overhead - reserved
-        fits = free // self.chunk_sample_bytes(latent_h, latent_w)
+        fixed = self.coefficients.overhead + reserved + self.packed_bytes()
+        per = self.chunk_sample_bytes(latent_h, latent_w)
+        if self.per_sample_unet:  # one sample's activations; each further sample only adds its I/O buffers
+            one = self.unet_sample_bytes(latent_h, latent_w)
+            fixed, per = fixed + one, per - one
+        fits = (self.budget - fixed) // per
         if fits < 1:
-            raise self._refusal(CallShape(latent_h, latent_w, 1, 1, False), self.coefficients.overhead + reserved
-                                + self.chunk_sample_bytes(latent_h, latent_w))
+            raise self._refusal(CallShape(latent_h, latent_w, 1, 1, False), fixed + per)
         return int(min(self.max_batch, fits))
 
     def buffer_bytes(self, s: CallShape) -> int:
@@ -242,15 +269,21 @@ class MemoryPlanner:
         buffers = self.buffer_bytes(s)
         samples = s.steps * s.batch * (2 if s.source_guided else 1)
         per_chunk = self.chunk_sample_bytes(s.latent_h, s.latent_w)
-        free = self.budget - self.coefficients.overhead - buffers
-        chunk = max(1, min(self.max_batch, samples, free // per_chunk if free > 0 else 1))
-        decoder = (2 if s.guided else 1) * s.batch * self.unet_sample_bytes(s.latent_h, s.latent_w)
+        packed = self.packed_bytes()
+        one = self.unet_sample_bytes(s.latent_h, s.latent_w)
+        free = self.budget - self.coefficients.overhead - buffers - packed - (one if self.per_sample_unet else 0)
+        per = per_chunk - one if self.per_sample_unet else per_chunk
+        chunk = max(1, min(self.max_batch, samples, free // per if free > 0 else 1))
+        decoder = (1 if self.per_sample_unet else (2 if s.guided else 1) * s.batch) * one
+        encoder = chunk * per_chunk if not self.per_sample_unet else one + chunk * per
         vae = s.batch * self.vae_image_bytes(s.latent_h, s.latent_w)
-        parts = {"buffers": buffers, "encoder_unet": int(chunk * per_chunk), "decoder_unet": decoder, "vae": vae,
+        parts = {"buffers": buffers, "encoder_unet": int(encoder), "decoder_unet": decoder, "vae": vae,
                  "overhead": self.coefficients.overhead}
+        if packed:
+            parts["packed_weights"] = packed
         if s.extra:
             parts["method_extra"] = s.extra
-        peak = buffers + max(parts["encoder_unet"], decoder, vae, s.extra) + parts["overhead"]
+        peak = buffers + packed + max(parts["encoder_unet"], decoder, vae, s.extra) + parts["overhead"]
         return {**parts, "chunk": int(chunk), "peak": int(peak), "budget": self.budget}
 
     def check_call(self, latent_h: int, latent_w: int, batch: int, steps: int, guided: bool,
