@@ -247,14 +247,14 @@ def generator() -> torch.Generator:
 
 
 # ---- diffusers -----------------------------------------------------------------------------------------
-def load_diffusers(path: Path, s: Setup):
+def load_diffusers(path: Path, s: Setup, dtype: str | None = None):
     from diffusers import CycleDiffusionPipeline
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
     pipe = CycleDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(s.device, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype, torch.float32))
+    return pipe.to(s.device, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or s.dtype, torch.float32))
 
 
 def diffusers_cases(pipe, image, s: Setup, label: str = "diffusers", only_first: bool = False) -> list[Case]:
@@ -283,19 +283,22 @@ def compile_cases(path: Path, image, s: Setup) -> list[Case | Row]:
 
 # ---- cyclediff -----------------------------------------------------------------------------------------
 def load_engine(folder: Path, backend: str, s: Setup):
+    """backend: a name, or 'name:dtype' to run that backend in another dtype than --dtype ('openvino:bf16')."""
     from cyclediff.runtime.engine import Engine
 
+    backend, _, dtype = backend.partition(":")
+    dtype = dtype or s.dtype
     kwargs = {"backend": backend, "device": s.device, "progress": False}
-    if s.dtype != "fp32":
+    if dtype != "fp32":
         if "dtype" in inspect.signature(Engine.load).parameters:
-            kwargs["dtype"] = s.dtype
+            kwargs["dtype"] = dtype
         else:
-            print(f"note: the {s.dtype} cyclediff path is not available yet; {backend} runs fp32", file=sys.stderr)
+            print(f"note: the {dtype} cyclediff path is not available yet; {backend} runs fp32", file=sys.stderr)
     return Engine.load(folder, **kwargs)
 
 
 def cyclediff_cases(engine, image, s: Setup) -> list[Case]:
-    label, torch_alloc = f"cyclediff {engine.backend}", engine.backend == "torch"
+    label, torch_alloc = engine_label(engine), engine.backend == "torch"
 
     def encode():
         return engine.encode(image, SOURCE, strength=s.strength, num_inference_steps=s.steps, eta=s.eta,
@@ -312,6 +315,12 @@ def cyclediff_cases(engine, image, s: Setup) -> list[Case]:
     return [Case("(a) first edit", label, lambda: decode(encode()), "", torch_alloc),
             Case("(b) repeat edit", label, lambda: decode(cached), "decode only", torch_alloc),
             Case(SCENARIO_C.format(n=s.prompts), label, fan_out, f"1 encode + {s.prompts} decodes", torch_alloc)]
+
+
+def engine_label(engine) -> str:
+    """'cyclediff openvino', with the dtype where it is not fp32: 'cyclediff openvino bf16'."""
+    dtype = getattr(engine.config, "dtype", "fp32")
+    return f"cyclediff {engine.backend}" + (f" {dtype}" if dtype != "fp32" else "")
 
 
 def stage_times(engine, image, s: Setup) -> dict[str, float]:
@@ -378,9 +387,9 @@ def print_stages(stages: dict[str, dict[str, float]]) -> None:
     names = list(dict.fromkeys(n for times in stages.values() for n in times))
     if not names:
         return
-    print(f"\n{'stage (ms)':<40}" + "".join(f"{b:>14}" for b in stages))
+    print(f"\n{'stage (ms)':<40}" + "".join(f"{b:>26}" for b in stages))
     for n in names:
-        print(f"{n:<40}" + "".join(f"{stages[b][n]:14.2f}" if n in stages[b] else f"{'n/a':>14}" for b in stages))
+        print(f"{n:<40}" + "".join(f"{stages[b][n]:26.2f}" if n in stages[b] else f"{'n/a':>26}" for b in stages))
 
 
 # ---- main ----------------------------------------------------------------------------------------------
@@ -420,7 +429,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp16 needs --device cuda; bf16 (CPU) times openvino and torch against diffusers in bf16")
-    p.add_argument("--backends", help="comma-separated cyclediff backends (default: torch,onnxruntime[,tensorrt])")
+    p.add_argument("--backends", help="comma-separated cyclediff backends, each optionally backend:dtype "
+                                      "(default: torch,onnxruntime[,openvino][,tensorrt])")
     p.add_argument("--steps", type=int, help="num_inference_steps (default: 50 on cuda, 10 on cpu: keeps the CPU run near 2 minutes)")
     p.add_argument("--strength", type=float, default=0.8)
     p.add_argument("--guidance-scale", type=float, default=7.5)
@@ -428,6 +438,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=4, help="target prompts in scenario (c) (max 6)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--diffusers-dtypes", metavar="LIST",
+                   help="also time diffusers in these dtypes (e.g. bf16), first edit only, beside --dtype's")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (ONNX Runtime keeps its own default)")
     p.add_argument("--compile", action="store_true", help="add a diffusers + torch.compile(unet) row")
     p.add_argument("--interleave", action="store_true",
@@ -457,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = checkpoint_path(folder)
     engines, skipped = load_engines(folder, s, args)
     cases: list = diffusers_cases(load_diffusers(ckpt, s), image, s)
+    for dtype in args.diffusers_dtypes.split(",") if args.diffusers_dtypes else ():  # more diffusers rows
+        cases += diffusers_cases(load_diffusers(ckpt, s, dtype), image, s, f"diffusers {dtype}", only_first=True)
     cases += [c for e in engines for c in cyclediff_cases(e, image, s)]
     cases += compile_cases(ckpt, image, s) if args.compile else []
     rows = with_diffusers_b(measure([c for c in cases if isinstance(c, Case)], s, args.interleave))
@@ -465,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[str, dict[str, float]] = {}
     mfu: dict[str, str] = {}
     if not args.no_stages:
-        stages = {e.backend: safe_stage_times(e, image, s) for e in engines}
+        stages = {engine_label(e): safe_stage_times(e, image, s) for e in engines}
         print_stages(stages)
         mfu = print_mfu(engines, stages, image, s)
     if args.json:
@@ -483,28 +497,32 @@ def write_json(path: Path, s: Setup, rows: list[Row], stages: dict[str, dict[str
 
 
 def print_mfu(engines: list, stages: dict[str, dict[str, float]], image, s: Setup) -> dict[str, str]:
-    """MFU of the decoder step against a matmul peak measured now, on the same device and dtype; returns the
-    printed line per backend."""
-    from mfu import matmul_peak_tflops, report, unet_step_tflop
+    """MFU of each engine's decoder step against a matmul peak of its dtype measured now on the same device (on
+    the CPU the best that torch or OpenVINO reaches); returns the printed line per engine."""
+    from mfu import cpu_matmul_peaks, matmul_peak_tflops, report, unet_step_tflop, unet_step_tflops
 
-    counted = [e for e in engines if e.backend == "torch"]
-    if not counted:
+    if not engines:
         return {}
-    d = counted[0].manifest.dims
+    batch = 2 if s.guidance_scale > 1 else 1
+    counted = [e for e in engines if e.backend == "torch"]
+    d = engines[0].manifest.dims
     hw = (image.size[1] // d.vae_scale, image.size[0] // d.vae_scale)
-    tflop = unet_step_tflop(counted[0], 2 if s.guidance_scale > 1 else 1, hw)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype, torch.float32)
-    peak = matmul_peak_tflops(s.device, dtype)
-    if s.device == "cpu":  # the best that torch or OpenVINO reaches here (benchmarks/mfu.py)
-        from mfu import cpu_matmul_peaks
-
-        peak = max(v for k, v in cpu_matmul_peaks().items() if k.endswith(s.dtype))
+    if counted:
+        tflop = unet_step_tflop(counted[0], batch, hw)
+    else:  # no torch module loaded: count on the checkpoint's UNet (square images)
+        tflop = unet_step_tflops(str(checkpoint_path(engines[0].folder)), (image.size[0],), batch)[image.size[0]]
+    if s.device == "cpu":
+        found = cpu_matmul_peaks()
+        peaks = {dt: max(v for k, v in found.items() if k.endswith(dt)) for dt in ("fp32", "bf16")}
+    else:
+        peaks = {s.dtype: matmul_peak_tflops(s.device, torch.float16 if s.dtype == "fp16" else torch.float32)}
     lines = {}
     for e in engines:
-        step = stages.get(e.backend, {}).get("decoder, per step")
-        if tflop and step:
-            lines[e.backend] = report(step, tflop, peak)
-            print(f"{e.backend:<12} " + lines[e.backend])
+        label, dtype = engine_label(e), getattr(e.config, "dtype", "fp32")
+        step = stages.get(label, {}).get("decoder, per step")
+        if tflop and step and dtype in peaks:
+            lines[label] = report(step, tflop, peaks[dtype])
+            print(f"{label:<26} " + lines[label])
     return lines
 
 

@@ -35,7 +35,8 @@ def impl_dtype(impl: str) -> tuple[str, str]:
     return name, dtype or "fp32"
 
 
-def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str, timings: bool = False) -> dict:
+def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str, timings: bool = False,
+        images_dir: str | None = None) -> dict:
     """Load `impl`, run one edit at size², return its peaks and time (this process only runs this).
 
     timings: also the load, a second (warm) edit, a decode of a cached LatentCode (cyclediff; diffusers has no
@@ -46,7 +47,8 @@ def one(impl: str, size: int, folder: Path, steps: int, strength: float, device:
     edit, prepare, repeat, unet = _diffusers(folder, dtype, device, image, steps, strength) \
         if name == "diffusers" else _cyclediff(folder, name, dtype, device, image, steps, strength)
     load_s = time.perf_counter() - t0
-    seconds = _timed(edit, device)
+    result = {}
+    seconds = _timed(lambda: result.setdefault("images", edit().images), device)
     cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     row = {"impl": impl, "size": size, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "peak_cuda": cuda, "seconds": seconds}
@@ -54,6 +56,12 @@ def one(impl: str, size: int, folder: Path, steps: int, strength: float, device:
         row.update(load_s=load_s, warm_s=_timed(edit, device))
         prepare()
         row.update(repeat_s=_timed(repeat, device), unet_step_s=min(_timed(unet, device) for _ in range(3)))
+    if images_dir:  # the first edit's picture, for the fidelity table (bf16 against fp32 of the same family)
+        import numpy as np
+
+        path = Path(images_dir) / f"{impl}-{size}.npy"
+        np.save(path, np.asarray(result["images"][0], dtype=np.float32) / 255.0)
+        row["image"] = str(path)
     return row
 
 
@@ -114,6 +122,7 @@ def child(args, impl: str, size: int, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--one", impl, "--sizes", str(size), "--engine", str(folder),
            "--steps", str(args.steps), "--strength", str(args.strength), "--device", args.device]
     cmd += ["--timings"] if args.timings else []
+    cmd += ["--save-images", args.save_images] if args.save_images else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # a crash or OOM kill is a row
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
@@ -163,17 +172,21 @@ def main() -> None:
                    help="also time the load, a warm edit, a repeat edit (decode of a cached code) and one guided "
                         "UNet step, with its MFU against the CPU's fp32 and bf16 matmul peaks measured first")
     p.add_argument("--json", help="also write the rows (and peaks) to this file")
+    p.add_argument("--save-images", metavar="DIR",
+                   help="keep each first edit's picture in DIR and print the bf16-vs-fp32 PSNR of each family")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one implementation in this process
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.one:
         print(json.dumps(one(args.one, sizes[0], Path(args.engine), args.steps, args.strength, args.device,
-                             args.timings)))
+                             args.timings, args.save_images)))
         return
     impls = [b for b in args.backends.split(",") if b]
     if set(impls) - set(IMPLS):
         p.error(f"--backends must be a subset of {','.join(IMPLS)}")
     folder = export_dir(args)
+    if args.save_images:
+        Path(args.save_images).mkdir(parents=True, exist_ok=True)
     peaks = cpu_peaks() if args.timings and args.device == "cpu" else {}
     rows = []
     for size in sizes:
@@ -186,6 +199,24 @@ def main() -> None:
     print(table(rows))
     if args.timings:
         print(timing_table(rows, peaks, folder))
+    if args.save_images:
+        print(fidelity_table(rows))
+
+
+def fidelity_table(rows: list[dict]) -> str:
+    """PSNR (dB, pictures in [0, 1]) of each bf16 edit against the fp32 edit of the same implementation family:
+    same checkpoint, image and seed. Also cyclediff's fp32 backends against diffusers fp32."""
+    import numpy as np
+
+    pics = {(r["impl"], r["size"]): np.load(r["image"]) for r in rows if "image" in r}
+    lines = ["| size | bf16 (or fp32) edit | against | PSNR (dB) |", "|---|---|---|---|"]
+    for (impl, size), pic in pics.items():
+        name, dtype = impl_dtype(impl)
+        ref = name if dtype == "bf16" else ("diffusers" if name != "diffusers" else None)
+        if ref and (ref, size) in pics:
+            mse = float(np.mean((pic.astype(np.float64) - pics[(ref, size)]) ** 2))
+            lines.append(f"| {size}² | {impl} | {ref} | {10 * np.log10(1 / mse) if mse else float('inf'):.1f} |")
+    return "\n".join(lines)
 
 
 def _save(path: str | None, rows: list[dict], peaks: dict) -> None:
