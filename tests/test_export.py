@@ -51,7 +51,8 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
     assert m.dims == dims and (dims.text_states, dims.text_width, dims.vae_scale) == (3, 32, 2)
     assert m.scheduler["timestep_spacing"] == "leading" and m.scheduler["beta_schedule"] == "scaled_linear"
     assert m.vae_scaling_factor == pytest.approx(0.18215) and m.sample_size == 32 and m.opset == 18
-    assert set(m.tools) == {"cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "python"}
+    assert set(m.tools) == {"cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino",
+                            "python"}  # openvino: it converts the graphs to IR (export/openvino_ir.py)
     for name in ALL:
         entry = m.models[name]
         assert entry.file == f"{name}.onnx" and entry.data_files == ()
@@ -59,8 +60,10 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
         assert entry.spec == models.specs(dims)[name]
     assert set(m.tokenizer_files) >= {"tokenizer_config.json"}
     ort = {f for e in m.extra["ort_optimized"]["graphs"] for f in (e["file"], *e["data_files"])}  # ort_cache.py
+    ir = {f for e in m.extra["openvino_ir"]["graphs"] for f in (e["file"], *e["data_files"])}  # openvino_ir.py
+    assert ir == {f"openvino/{n}.{ext}" for n in ALL for ext in ("xml", "bin")}
     assert _files(out) == {MANIFEST, STATE, *(f"{n}.onnx" for n in ALL), *(f"tokenizer/{f}" for f in m.tokenizer_files),
-                           *ort}
+                           *ort, *ir}
 
 
 def test_graphs_carry_opset_and_declared_io_shapes(first):

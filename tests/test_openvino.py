@@ -257,3 +257,26 @@ def test_unet_compiles_once_per_latent_size_and_keeps_one(exports):
         ort(feeds, {"noise_pred": want})
         assert float((got - want).abs().max()) < 1e-4, (b, side)
     assert unet.compiles == 2 and len(unet._models) == 1
+
+
+@needs_bf16
+def test_bf16_vae_overflow_reruns_in_fp32(exports):
+    """A non-finite bf16 VAE decode is computed again by the lazily compiled fp32 twin."""
+    from cyclediff.runtime.core.precision import GuardedRunner
+
+    engine = cyclediff.Engine.load(exports("tiny"), backend="openvino", dtype="bf16", progress=False)
+    guarded = engine.runners["vae_decoder"]
+    assert isinstance(guarded, GuardedRunner) and not isinstance(engine.runners["unet"], GuardedRunner)
+    side = 4 * engine.manifest.dims.unet_downscale
+    latent = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+    scale = engine.manifest.dims.vae_scale
+    want, got = (torch.empty(1, 3, side * scale, side * scale) for _ in range(2))
+    guarded.fallback()({"latent": latent}, {"image": want})
+    real = guarded.fp16
+    guarded.fp16 = lambda feeds, outputs: outputs["image"].fill_(float("nan"))
+    try:
+        before = guarded.guard.fallbacks
+        guarded({"latent": latent}, {"image": got})
+    finally:
+        guarded.fp16 = real
+    assert guarded.guard.fallbacks == before + 1 and torch.equal(got, want)

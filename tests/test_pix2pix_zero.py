@@ -9,8 +9,8 @@ from reference import sample_image
 
 from cyclediff import Engine, InversionCode
 
-INVERT_TOL = {"torch": 1e-4, "onnxruntime": 2e-3}
-EDIT_TOL = {"torch": 1e-3, "onnxruntime": 2e-3}
+INVERT_TOL = {"torch": 1e-4, "onnxruntime": 2e-3, "openvino": 2e-3}
+EDIT_TOL = {"torch": 1e-3, "onnxruntime": 2e-3, "openvino": 2e-3}
 CAPTION = "a photo of a cat"
 SOURCE, TARGET = ["a cat", "a photo of a cat", "a cat on a sofa"], ["a dog", "a photo of a dog"]
 STEPS = 4
@@ -41,7 +41,7 @@ def _invert(engine: Engine, seed: int = 0, **kw) -> InversionCode:
     return engine.invert(**args, **kw, generator=torch.Generator().manual_seed(seed), output_type=None)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 @pytest.mark.parametrize("case", INVERT_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
 def test_invert_matches_diffusers(exports, backend, case):
     engine = _engine(exports, backend=backend)
@@ -115,9 +115,10 @@ def test_edit_with_precomputed_embeddings_matches_diffusers(exports, tiny, cat):
     assert float(np.abs(ours - ref).max()) <= EDIT_TOL["torch"]
 
 
-def test_no_guidance_runs_on_onnxruntime_and_matches_diffusers(exports):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_no_guidance_runs_on_a_forward_only_backend_and_matches_diffusers(exports, backend):
     """cross_attention_guidance_amount=0 needs no gradient: a plain DDIM loop on any backend."""
-    engine = _engine(exports, backend="onnxruntime")
+    engine = _engine(exports, backend=backend)
     code = _invert(engine)
     direction = engine.edit_direction(SOURCE, TARGET)
     ours = engine.pix2pix_zero(prompt=CAPTION, source_embeds=direction.source_embeds, latents=code,
@@ -126,7 +127,7 @@ def test_no_guidance_runs_on_onnxruntime_and_matches_diffusers(exports):
     ref = reference_edit(exports("tiny"), 0, prompt=CAPTION, source_embeds=reference_embeds(exports("tiny"), SOURCE),
                          target_embeds=reference_embeds(exports("tiny"), TARGET), latents=code.latents,
                          num_inference_steps=STEPS, output_type="np", cross_attention_guidance_amount=0)
-    assert float(np.abs(ours - ref).max()) <= EDIT_TOL["onnxruntime"]
+    assert float(np.abs(ours - ref).max()) <= EDIT_TOL[backend]
 
 
 def test_lockstep_equals_store_all_and_holds_one_step_of_maps(tiny, cat):

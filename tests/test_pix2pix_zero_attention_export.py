@@ -34,7 +34,7 @@ def engines(exports, maps_export) -> dict[str, Engine]:
         return Engine.load(folder, backend=backend, progress=False)
 
     return {"torch": load(maps_export, "torch"), "onnxruntime": load(maps_export, "onnxruntime"),
-            "plain": load(exports("tiny"), "torch")}
+            "openvino": load(maps_export, "openvino"), "plain": load(exports("tiny"), "torch")}
 
 
 def _run(runner, feeds, dims) -> dict[str, torch.Tensor]:
@@ -51,9 +51,10 @@ def test_manifest_records_unet_attn_with_one_output_per_cross_attention_layer(en
     assert len(names) - 1 == len(engines["torch"].runners[UNET_ATTN].module.layers) == 4
 
 
-def test_exported_maps_equal_the_torch_wrapper(engines):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_maps_equal_the_torch_wrapper(engines, backend):
     """Batch 3 at a latent size other than the trace's: every output within 1e-5 (fp32, CPU)."""
-    torch_runner, ort_runner = engines["torch"].runners[UNET_ATTN], engines["onnxruntime"].runners[UNET_ATTN]
+    torch_runner, ort_runner = engines["torch"].runners[UNET_ATTN], engines[backend].runners[UNET_ATTN]
     dims = engines["torch"].manifest.dims
     feeds = sample_inputs(ort_runner.spec, dims, 3, (6, 10), seed=4)
     theirs, ours = _run(torch_runner, feeds, dims), _run(ort_runner, feeds, dims)
@@ -85,7 +86,7 @@ def test_reference_pass_on_onnxruntime_equals_the_all_torch_edit(engines, kw):
                         generator=torch.Generator().manual_seed(0), output_type=None)
     expected = _edit(plain, code, **kw)  # probes on the torch UNet
     assert isinstance(plain.pix2pix.last_editor.reference, ProbeMaps)
-    for backend, tol in (("torch", 1e-6), ("onnxruntime", 1e-3)):
+    for backend, tol in (("torch", 1e-6), ("onnxruntime", 1e-3), ("openvino", 1e-3)):
         got = _edit(engines[backend], code.latents, **kw)
         assert isinstance(engines[backend].pix2pix.last_editor.reference, GraphMaps)
         err = float(np.abs(got - expected).max())
