@@ -20,10 +20,10 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cyclediff.export import derived_graphs
 from cyclediff.export.manifest import Manifest, sha256_files
 
 SECTION = "openvino_ir"  # manifest.extra[SECTION] = {"schema": 1, "graphs": [entry, ...]}
@@ -67,9 +67,9 @@ def attach(folder: Path, manifest: Manifest) -> Manifest:
     for name, model in manifest.models.items():
         k = key(model.sha256)
         old = previous.get(k)
-        entries.append(old if old is not None and _intact(folder, old) else _build(folder, name, model.file, k,
-                                                                                    model.sha256))
-    _prune(folder / FOLDER, {f for e in entries for f in (e["file"], *e["data_files"])})
+        fresh = old is not None and derived_graphs.intact(folder, old)
+        entries.append(old if fresh else _build(folder, name, model.file, k, model.sha256))
+    derived_graphs.prune(folder, FOLDER, {f for e in entries for f in (e["file"], *e["data_files"])})
     section = {"schema": SECTION_SCHEMA, "graphs": entries}
     return dataclasses.replace(manifest, extra={**manifest.extra, SECTION: section})
 
@@ -98,20 +98,6 @@ def _build(folder: Path, name: str, source: str, k: str, source_sha256: str) -> 
             "data_files": rel[1:], "sha256": sha256_files([folder / f for f in rel])}
 
 
-def _intact(folder: Path, entry: Mapping[str, Any]) -> bool:
-    paths = [folder / f for f in (entry["file"], *entry["data_files"])]
-    return all(p.is_file() for p in paths) and sha256_files(paths) == entry["sha256"]
-
-
-def _prune(ir_dir: Path, keep: set[str]) -> None:
-    if ir_dir.is_dir():
-        for p in ir_dir.iterdir():
-            if p.is_file() and f"{FOLDER}/{p.name}" not in keep:
-                p.unlink()
-
-
 def _entries(manifest: Manifest) -> list[dict[str, Any]]:
-    d = manifest.extra.get(SECTION)
-    if not isinstance(d, Mapping) or d.get("schema") != SECTION_SCHEMA:
-        return []
-    return [e for e in d.get("graphs", ()) if isinstance(e, Mapping)]
+    """The recorded entries; none for another cyclediff's format (loads then read the ONNX graphs)."""
+    return derived_graphs.entries(manifest, SECTION, SECTION_SCHEMA)

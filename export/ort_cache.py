@@ -14,10 +14,10 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cyclediff.export import derived_graphs
 from cyclediff.export.manifest import Manifest, sha256_files
 
 SECTION = "ort_optimized"  # manifest.extra[SECTION] = {"schema": 1, "graphs": [entry, ...]}
@@ -83,9 +83,9 @@ def attach(folder: Path, manifest: Manifest, target: OrtTarget | None = None) ->
     for name, model in manifest.models.items():
         key = target.key(model.sha256)
         old = previous.get(key)
-        entries.append(old if old is not None and _intact(folder, old) else _build(folder, name, model.file, key,
-                                                                                    model.sha256, target))
-    _prune(folder / FOLDER, {f for e in entries for f in (e["file"], *e["data_files"])})
+        fresh = old is not None and derived_graphs.intact(folder, old)
+        entries.append(old if fresh else _build(folder, name, model.file, key, model.sha256, target))
+    derived_graphs.prune(folder, FOLDER, {f for e in entries for f in (e["file"], *e["data_files"])})
     section = {"schema": SECTION_SCHEMA, "graphs": entries}
     return dataclasses.replace(manifest, extra={**manifest.extra, SECTION: section})
 
@@ -122,20 +122,6 @@ def _build(folder: Path, name: str, source: str, key: str, source_sha256: str, t
             "providers": list(target.providers)}
 
 
-def _intact(folder: Path, entry: Mapping[str, Any]) -> bool:
-    paths = [folder / f for f in (entry["file"], *entry["data_files"])]
-    return all(p.is_file() for p in paths) and sha256_files(paths) == entry["sha256"]
-
-
-def _prune(ort_dir: Path, keep: set[str]) -> None:
-    if ort_dir.is_dir():
-        for p in ort_dir.iterdir():
-            if p.is_file() and f"{FOLDER}/{p.name}" not in keep:
-                p.unlink()
-
-
 def _entries(manifest: Manifest) -> list[dict[str, Any]]:
-    d = manifest.extra.get(SECTION)
-    if not isinstance(d, Mapping) or d.get("schema") != SECTION_SCHEMA:
-        return []  # none, or another cyclediff's format: loads optimize in memory
-    return [e for e in d.get("graphs", ()) if isinstance(e, Mapping)]
+    """The recorded entries; none for another cyclediff's format (loads then optimize in memory)."""
+    return derived_graphs.entries(manifest, SECTION, SECTION_SCHEMA)
