@@ -10,15 +10,14 @@ Why static and batch 1 (SD v1.4 UNet, bf16, 2-core EPYC, OpenVINO 2026.4):
   activations whatever the merged batch, and one compiled model serves every batch: the encoder's chunks, the
   guided (2) and unguided (1) decoder steps.
 - Each compiled model holds its own packed weights (1.7 GB bf16, 3.4 GB fp32 for SD: they are not shared between
-  compiled models), so `capacity` (1) of them are kept, the least recently used dropped first. A call at another
-  latent size compiles its model first (4-8 s for SD, page-dropped like any compile: engine/mapped_pages.py).
+  compiled models), so one is kept: a call at another latent size drops it, then compiles its own (4-8 s for SD,
+  page-dropped like any compile: engine/mapped_pages.py).
 
-Thread safety: one lock guards the cache and the infer requests (the dispatcher already runs one model call at a
+Thread safety: one lock guards the held model and its infer request (the dispatcher already runs one model call at a
 time; the lock covers any other caller).
 """
 from __future__ import annotations
 
-import collections
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,15 +33,15 @@ SampleShapes = tuple  # ((input name, per-sample shape), ...): what one compiled
 
 
 class OvSampleModel(ModelRunner):
-    """Inputs and outputs are split along their leading dimension into `batch` equal parts (the UNet's B; the
+    """Inputs and outputs are split along their leading dimension into one part per sample (the UNet's B; the
     attention maps' B*heads), one per sample."""
 
-    def __init__(self, path: Path, spec: ModelSpec, dtype: str, threads: int, capacity: int = 1):
+    def __init__(self, path: Path, spec: ModelSpec, dtype: str, threads: int):
         super().__init__(spec)
-        self.path, self.dtype, self.capacity = path, dtype, capacity
+        self.path, self.dtype = path, dtype
         self._config = compile_config(dtype, threads)
         self._lock = threading.Lock()
-        self._models: collections.OrderedDict[SampleShapes, object] = collections.OrderedDict()  # -> infer request
+        self._models: dict[SampleShapes, object] = {}  # at most one: per-sample shapes -> its infer request
         self.compiles = 0  # read by tests and benchmarks
 
     def __call__(self, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
@@ -63,12 +62,9 @@ class OvSampleModel(ModelRunner):
 
     def _request(self, shapes: SampleShapes):
         """The infer request of the model compiled for these per-sample shapes (compiled now if needed)."""
-        if shapes in self._models:
-            self._models.move_to_end(shapes)
-            return self._models[shapes]
-        while len(self._models) >= self.capacity:
-            self._models.popitem(last=False)  # frees its packed weights before the next model packs its own
-        self._models[shapes] = self._compile(shapes)
+        if shapes not in self._models:
+            self._models.clear()  # frees its packed weights before the next model packs its own
+            self._models[shapes] = self._compile(shapes)
         return self._models[shapes]
 
     def _compile(self, shapes: SampleShapes):

@@ -45,8 +45,8 @@ def version() -> str:
     return openvino.__version__
 
 
-def key(source_sha256: str, ov_version: str | None = None) -> str:
-    payload = {"source": source_sha256, "openvino": ov_version or version(), "schema": SECTION_SCHEMA}
+def key(source_sha256: str) -> str:
+    payload = {"source": source_sha256, "openvino": version(), "schema": SECTION_SCHEMA}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

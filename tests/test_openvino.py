@@ -245,7 +245,7 @@ def test_service_serves_an_openvino_engine(exports):
 
 
 def test_unet_compiles_once_per_latent_size_and_keeps_one(exports):
-    """Every batch runs on the one batch-1 model of its latent size; another size replaces it (capacity 1)."""
+    """Every batch runs on the one batch-1 model of its latent size; another size replaces it (one model held)."""
     folder = exports("tiny")
     manifest = Manifest.load(folder, verify_files=False)
     unet = backends.load_runners(folder, manifest, "openvino", torch.device("cpu"))["unet"]

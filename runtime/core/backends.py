@@ -18,8 +18,8 @@ from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
 
 def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = "fp32") -> str:
     """'auto': TensorRT where its plans and library are present on a GPU, else ONNX Runtime; on the CPU, bf16 runs
-    on OpenVINO (the one backend with a fast bf16 path: benchmarks/README.md) and fp32 on ONNX Runtime (as fast as
-    OpenVINO fp32 on the SD UNet here, and with the export's prepacked graphs it loads faster)."""
+    on OpenVINO (the fastest and leanest bf16 path: benchmarks/README.md) and fp32 on ONNX Runtime (OpenVINO fp32
+    was 1.07-1.39x faster warm, but held 1.1-1.2x the RSS and its first 512² edit took 1.5x as long)."""
     if backend != "auto":
         return backend
     if device.type == "cuda" and manifest.extra.get("tensorrt") and _has_tensorrt():

@@ -243,14 +243,21 @@ class MemoryPlanner:
         """Per sample of an encoder chunk: activations + its sample, result and embedding buffers."""
         return self.unet_sample_bytes(h, w) + 2 * self._lat_bytes(h, w) + self._emb_bytes()
 
+    def _chunk_terms(self, h: int, w: int) -> tuple[int, int]:
+        """(fixed, per): an encoder chunk of n samples holds fixed + n·per bytes. Per sample: its activations and
+        I/O buffers; where the UNet runs sample by sample (openvino), one sample's activations are fixed and each
+        sample adds only its I/O buffers."""
+        per = self.chunk_sample_bytes(h, w)
+        if not self.per_sample_unet:
+            return 0, per
+        one = self.unet_sample_bytes(h, w)
+        return one, per - one
+
     def max_unet_batch(self, latent_h: int, latent_w: int, reserved: int = 0) -> int:
         """Largest UNet batch that fits the budget minus `reserved` (bytes the caller already holds), capped by
         max_batch. Raises MemoryBudgetError when not even one sample fits."""
-        fixed = self.coefficients.overhead + reserved + self.packed_bytes()
-        per = self.chunk_sample_bytes(latent_h, latent_w)
-        if self.per_sample_unet:  # one sample's activations; each further sample only adds its I/O buffers
-            one = self.unet_sample_bytes(latent_h, latent_w)
-            fixed, per = fixed + one, per - one
+        chunk_fixed, per = self._chunk_terms(latent_h, latent_w)
+        fixed = self.coefficients.overhead + reserved + self.packed_bytes() + chunk_fixed
         fits = (self.budget - fixed) // per
         if fits < 1:
             raise self._refusal(CallShape(latent_h, latent_w, 1, 1, False), fixed + per)
@@ -268,14 +275,13 @@ class MemoryPlanner:
         """Bytes of each part and the peak, for the largest chunk that fits (no check against the budget)."""
         buffers = self.buffer_bytes(s)
         samples = s.steps * s.batch * (2 if s.source_guided else 1)
-        per_chunk = self.chunk_sample_bytes(s.latent_h, s.latent_w)
         packed = self.packed_bytes()
-        one = self.unet_sample_bytes(s.latent_h, s.latent_w)
-        free = self.budget - self.coefficients.overhead - buffers - packed - (one if self.per_sample_unet else 0)
-        per = per_chunk - one if self.per_sample_unet else per_chunk
+        chunk_fixed, per = self._chunk_terms(s.latent_h, s.latent_w)
+        free = self.budget - self.coefficients.overhead - buffers - packed - chunk_fixed
         chunk = max(1, min(self.max_batch, samples, free // per if free > 0 else 1))
+        one = self.unet_sample_bytes(s.latent_h, s.latent_w)
         decoder = (1 if self.per_sample_unet else (2 if s.guided else 1) * s.batch) * one
-        encoder = chunk * per_chunk if not self.per_sample_unet else one + chunk * per
+        encoder = chunk_fixed + chunk * per
         vae = s.batch * self.vae_image_bytes(s.latent_h, s.latent_w)
         parts = {"buffers": buffers, "encoder_unet": int(encoder), "decoder_unet": decoder, "vae": vae,
                  "overhead": self.coefficients.overhead}
