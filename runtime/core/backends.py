@@ -19,7 +19,7 @@ from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
 def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = "fp32") -> str:
     """'auto': TensorRT where its plans and library are present on a GPU, else ONNX Runtime; on the CPU, bf16 runs
     on OpenVINO (the fastest and leanest bf16 path: benchmarks/README.md) and fp32 on ONNX Runtime (OpenVINO fp32
-    was 1.07-1.39x faster warm, but held 1.1-1.2x the RSS and its first 512² edit took 1.5x as long)."""
+    was 1.07-1.39x faster warm, but held 1.1-1.2x the RSS: a second, packed copy of the weights)."""
     if backend != "auto":
         return backend
     if device.type == "cuda" and manifest.extra.get("tensorrt") and _has_tensorrt():
