@@ -325,7 +325,7 @@ def engine_label(engine) -> str:
 
 def stage_times(engine, image, s: Setup) -> dict[str, float]:
     """Per-stage medians from the Engine's own components (each run alone, same shapes as an edit)."""
-    from cyclediff.export.models import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+    from cyclediff.export.specs import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
     from cyclediff.runtime.core.images import preprocess
     from cyclediff.runtime.core.schedule import StepTable
     from cyclediff.runtime.methods.cycle.decoder import TargetText

@@ -40,7 +40,7 @@ def edit(engine, image, args) -> tuple[np.ndarray, float]:
 def guard_check(engine) -> dict:
     """Latents beyond fp16's range (|x| > 65504) overflow the fp16 VAE decoder on any weights: the guarded
     runner must re-run them in fp32 and return finite pixels."""
-    from cyclediff.export.models import VAE_DECODER
+    from cyclediff.export.specs import VAE_DECODER
 
     runner = engine.runners[VAE_DECODER]
     if not hasattr(runner, "guard"):

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from cyclediff.export.models import ModelSpec
+from cyclediff.export.specs import ModelSpec
 
 
 class BackendError(RuntimeError):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
-from cyclediff.export.models import ModelSpec
+from cyclediff.export.specs import ModelSpec
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 

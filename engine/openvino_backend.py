@@ -18,7 +18,7 @@ import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
 from cyclediff.engine.mapped_pages import PageDropper, weight_files
-from cyclediff.export.models import ModelSpec
+from cyclediff.export.specs import ModelSpec
 
 DTYPES = {"fp32": "f32", "bf16": "bf16"}  # cyclediff dtype -> INFERENCE_PRECISION_HINT
 

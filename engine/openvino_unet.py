@@ -27,7 +27,7 @@ import torch
 from cyclediff.engine.base import ModelRunner
 from cyclediff.engine.mapped_pages import PageDropper, weight_files
 from cyclediff.engine.openvino_backend import check_outputs, compile_config, shared
-from cyclediff.export.models import ModelSpec
+from cyclediff.export.specs import ModelSpec
 
 SampleShapes = tuple  # ((input name, per-sample shape), ...): what one compiled model is specialized for
 

@@ -23,7 +23,6 @@ import torch
 
 from cyclediff.engine.base import BackendError, ModelRunner
 from cyclediff.export.manifest import Manifest, ManifestError
-from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER, ModelSpec
 from cyclediff.export.plan_cache import (
     PlanEntry,
     check_compatible,
@@ -32,6 +31,7 @@ from cyclediff.export.plan_cache import (
     rebuild_command,
     require_tensorrt,
 )
+from cyclediff.export.specs import MODEL_NAMES, VAE_DECODER, VAE_ENCODER, ModelSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.models import ModelSpec
+from cyclediff.export.specs import ModelSpec
 
 
 class TorchModel(ModelRunner):

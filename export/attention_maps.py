@@ -13,7 +13,7 @@ import threading
 import torch
 from torch import nn
 
-from cyclediff.export.models import Dims, ModelSpec, TensorSpec, specs
+from cyclediff.export.specs import Dims, ModelSpec, TensorSpec, specs
 
 UNET_ATTN = "unet_attn"
 

@@ -71,11 +71,10 @@ def _hub_snapshot(repo_id: str) -> Path:
             f"--ckpt {repo_id!r} is not a folder, a .safetensors/.ckpt file, a hub id (owner/name), "
             f"an alias ({', '.join(ALIASES)}) or a built-in ({', '.join(tiny.PRESETS)})"
         )
-    return hub_cache.cached_snapshot(repo_id, lambda: CheckpointError(
-        f"hub checkpoint {repo_id} is not in the local Hugging Face cache and this machine is offline.\n"
-        f"  fix: on a machine with internet run `hf download {repo_id}` (huggingface_hub's CLI; copy the "
-        f"cache here), or pass a local diffusers folder with --ckpt DIR"
-    ))
+    return hub_cache.cached_snapshot(repo_id, lambda: CheckpointError(hub_cache.not_cached(
+        "hub checkpoint", repo_id, f"on a machine with internet run `hf download {repo_id}` (huggingface_hub's "
+        "CLI) and copy the cache here, or pass a local diffusers folder or a single .safetensors/.ckpt file to "
+        "--ckpt")))
 
 
 def content_hash(ref: CheckpointRef) -> str:

@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.verify, args.quiet)
     if not args.ckpt or not args.out:
         p.error("--ckpt and --out are required (or --verify DIR)")
+    from cyclediff.export.writable import check_writable
+
+    try:
+        check_writable(args.out, "--out")  # in a second, before torch is imported (run() checks again)
+    except ValueError as err:
+        return _fail(err, 2)
     from cyclediff.runtime import verbosity  # one line per real problem; --verbose: the libraries' warnings too
 
     verbosity.configure(PROG, args.verbose)

@@ -16,6 +16,14 @@ def cached_snapshot(repo_id: str, missing: Callable[[], Exception]) -> Path:
         raise missing() from err
 
 
+def not_cached(what: str, repo_id: str, fix: str) -> str:
+    """The one-line refusal for a hub id missing from the cache: what was looked for, where, and `fix`."""
+    from huggingface_hub import constants
+
+    return (f"{what} {repo_id} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}; nothing is "
+            f"downloaded, the machine may be offline); {fix}")
+
+
 def model_folder(source: str | Path, what: str, fix: str, error: Callable[[str], Exception]) -> Path:
     """A Hugging Face model folder: `source` itself when it is a folder with config.json, else the local cache's
     snapshot of the hub id owner/name. Anything else raises error(message), the message naming `what` (e.g.
@@ -27,4 +35,4 @@ def model_folder(source: str | Path, what: str, fix: str, error: Callable[[str],
         return path
     if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")) or " " in text:
         raise error(f"{what} {text!r} not found: not a folder, nor a hub id (owner/name); {fix}")
-    return cached_snapshot(text, lambda: error(f"{what} {text} is not in the local Hugging Face cache; {fix}"))
+    return cached_snapshot(text, lambda: error(not_cached(what, text, fix)))

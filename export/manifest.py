@@ -4,11 +4,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
+import shlex
 from pathlib import Path
 from typing import Any
 
+from cyclediff.export.atomic_files import atomic_write_text
 from cyclediff.export.specs import Dims, ModelSpec, TensorSpec
 
 SCHEMA_VERSION = 1
@@ -105,7 +105,7 @@ class Manifest:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
-            raise ManifestError(f"{folder} is not a cyclediff export (no {MANIFEST}); run `cyclediff-export --out {folder}`")
+            raise ManifestError(_not_an_export(folder))
         try:
             manifest = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as err:
@@ -124,6 +124,18 @@ class Manifest:
 
     def save(self, folder: Path) -> None:
         atomic_write_text(folder / MANIFEST, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _not_an_export(folder: Path) -> str:
+    """Why `folder` does not load, and the command that fixes it (a file: its folder, when that is an export)."""
+    if folder.exists() and not folder.is_dir():
+        if (folder.parent / MANIFEST).is_file():
+            return (f"{folder} is a file of the cyclediff export {folder.parent}; --engine (Engine.load) takes the "
+                    f"export folder: pass {shlex.quote(str(folder.parent))}")
+        return (f"{folder} is a file, not a cyclediff export folder; --engine (Engine.load) takes the folder that "
+                "`cyclediff-export --ckpt CKPT --out DIR` wrote")
+    return (f"{folder} is not a cyclediff export (no {MANIFEST}); make one there with "
+            f"`cyclediff-export --ckpt CKPT --out {shlex.quote(str(folder))}`")
 
 
 def check_files(folder: Path, files: list[str], sha: str, what: str, fix: str = "") -> None:
@@ -148,34 +160,3 @@ def sha256_files(paths: list[Path]) -> str:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, NEW_FILE_MODE)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# What open() gives a new file. Read once, at import: os.umask() sets the mask process-wide, so reading it per
-# write races with other threads writing files.
-NEW_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

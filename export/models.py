@@ -1,4 +1,4 @@
-"""The four exported models' torch wrappers (their I/O declarations live in export/specs.py, re-exported here).
+"""The four exported models' torch wrappers (their I/O declarations live in export/specs.py).
 
 Every graph is pure fp32 arithmetic on fixed-role tensors; the random draws, scaling factors and scheduler
 math stay in the runtime so that every backend shares them.
@@ -10,18 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cyclediff.export.specs import (  # noqa: F401  (re-exported: importers of the declarations predate specs.py)
-    MODEL_NAMES,
-    TEXT_ENCODER,
-    UNET,
-    VAE_DECODER,
-    VAE_ENCODER,
-    Dims,
-    ModelSpec,
-    TensorSpec,
-    output_shapes,
-    specs,
-)
+from cyclediff.export.specs import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, Dims, ModelSpec
 
 
 class TextEncoderGraph(nn.Module):

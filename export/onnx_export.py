@@ -13,7 +13,9 @@ from typing import Any
 
 import onnx
 import torch
-from cyclediff.export.models import Dims, ModelSpec, sample_inputs
+
+from cyclediff.export.models import sample_inputs
+from cyclediff.export.specs import Dims, ModelSpec
 
 EXPORTERS = ("legacy", "dynamo")
 MIN_OPSET, MAX_OPSET = 17, 20  # 17: first with LayerNormalization; 20: the newest both exporters emit

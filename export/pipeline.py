@@ -17,18 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export import attention_maps, checkpoint, integrity, models
+from cyclediff.export import attention_maps, checkpoint, integrity, models, writable
 from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.heap import release_freed_memory
 from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
 from cyclediff.export.progress import Progress, quiet_libraries
 from cyclediff.export.reuse import STATE, ExportState, ModelRecord, model_key
+from cyclediff.export.specs import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER, Dims, specs
 from cyclediff.export.verify import Parity, Tolerance, check_graph, compare
 
 STAGING = ".staging"
 _TOOLS = ("cyclediff", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino")
-_STEPS = 3 + 2 * len(models.MODEL_NAMES) + 2  # resolve, hash, load, (export, verify) per model, tokenizer, manifest
+_STEPS = 3 + 2 * len(MODEL_NAMES) + 2  # resolve, hash, load, (export, verify) per model, tokenizer, manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +101,10 @@ class _Run:
                  with_maps: bool = False) -> None:
         self.out, self.ref, self.ckpt_hash, self.comps = out, ref, ckpt_hash, comps
         self.settings, self.tolerance, self.progress, self.force = settings, tolerance, progress, force
-        self.dims = models.Dims.of(comps.text_encoder, comps.vae, comps.unet)
-        self.specs = models.specs(self.dims)
+        self.dims = Dims.of(comps.text_encoder, comps.vae, comps.unet)
+        self.specs = specs(self.dims)
         self.graphs = models.graphs(comps)
-        self.names = models.MODEL_NAMES
+        self.names = MODEL_NAMES
         if with_maps:  # the optional second UNet graph (--attention-maps), exported and verified like the others
             self.graphs[UNET_ATTN] = attention_maps.graph(comps.unet)
             self.specs[UNET_ATTN] = attention_maps.spec(self.dims, self.graphs[UNET_ATTN].layers)
@@ -155,8 +156,8 @@ class _Run:
         from cyclediff.export.fp16 import convert_file
 
         entries = {}
-        self.progress.add(len(models.MODEL_NAMES))
-        for name in models.MODEL_NAMES:
+        self.progress.add(len(MODEL_NAMES))
+        for name in MODEL_NAMES:
             with self.progress.step(f"fp16 {name}"):
                 files = convert_file(self.out / records[name].files[0], self.out / "fp16" / f"{name}.onnx")
                 rel = [str(f.relative_to(self.out)) for f in files]
@@ -205,7 +206,7 @@ class _Run:
         """The UNet (export/ort_optimize.py) and the VAE graphs (export/sdpa_fusion.py) with fused,
         non-materializing attention, verified like any graph after this; the unfused graph, with a message,
         if the fusion fails."""
-        if name not in (models.UNET, UNET_ATTN, models.VAE_ENCODER, models.VAE_DECODER) or \
+        if name not in (UNET, UNET_ATTN, VAE_ENCODER, VAE_DECODER) or \
                 not self.settings.ort_attention:
             return files
         from cyclediff.export import ort_optimize, sdpa_fusion
@@ -213,7 +214,7 @@ class _Run:
         try:
             # unet_attn: its attn2 probabilities are graph outputs, which the fusion keeps (it fuses no node whose
             # output leaves the graph), so only its self-attention (attn1) is fused; verify checks every output.
-            if name in (models.UNET, UNET_ATTN):
+            if name in (UNET, UNET_ATTN):
                 return ort_optimize.optimize_file(files[0], self.settings.external_data_bytes)
             # ORT's optimizer does not match the VAE's attention; our own pass does (export/sdpa_fusion.py).
             return sdpa_fusion.fuse_file(files[0], self.settings.external_data_bytes) or files
@@ -224,13 +225,11 @@ class _Run:
 
     def _memory_extra(self, records: dict[str, ModelRecord]) -> dict[str, Any]:
         """What runtime/core/memory_plan.py reads: the architecture sizes and whether the UNet's attention is fused."""
-        from cyclediff.export import ort_optimize
+        from cyclediff.export import ort_optimize, sdpa_fusion
         from cyclediff.runtime.core.memory_plan import ArchProfile
 
-        from cyclediff.export import sdpa_fusion
-
-        fused: dict[str, Any] = {models.UNET: ort_optimize.summary(self.out / records[models.UNET].files[0])}
-        for vae in (models.VAE_ENCODER, models.VAE_DECODER):
+        fused: dict[str, Any] = {UNET: ort_optimize.summary(self.out / records[UNET].files[0])}
+        for vae in (VAE_ENCODER, VAE_DECODER):
             count = sdpa_fusion.fused_count(self.out / records[vae].files[0])
             fused[vae] = {"attention": "MultiHeadAttention", "fused": count} if count else None
         return {"ort_attention": fused,
@@ -261,7 +260,8 @@ class _Run:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse a file, or a non-empty folder holding nothing an export writes (we would delete into it)."""
+    """Refuse a file, a non-empty folder holding nothing an export writes (we would delete into it), or a folder
+    that cannot be written (or created)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     if out.is_dir():
@@ -269,6 +269,7 @@ def _check_out(out: Path) -> None:
         if names and not any(_ours(n) for n in names):
             raise ValueError(f"--out {out} is a non-empty folder that is not a cyclediff export; "
                              "choose a new or empty folder")
+    writable.check_writable(out, "--out")  # before the checkpoint loads: a read-only --out fails at once
 
 
 def _ours(name: str) -> bool:
@@ -300,7 +301,7 @@ def _state_for(out: Path, ckpt_hash: str) -> ExportState:
     fresh = ExportState(ckpt_hash)
     fresh.save(out)
     stale = {f for r in state.models.values() for f in r.files}
-    stale |= {f"{n}.onnx{s}" for n in (*models.MODEL_NAMES, UNET_ATTN) for s in ("", ".data")}
+    stale |= {f"{n}.onnx{s}" for n in (*MODEL_NAMES, UNET_ATTN) for s in ("", ".data")}
     for name in stale:
         path = out / name
         if path.parent == out:  # only plain names inside DIR, whatever a tampered state says

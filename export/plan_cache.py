@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cyclediff.export.manifest import Manifest, ManifestError
-from cyclediff.export.models import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, Dims, ModelSpec
+from cyclediff.export.specs import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, Dims, ModelSpec
 
 SECTION = "tensorrt"  # manifest.extra[SECTION]
 SECTION_SCHEMA = 1

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import threading
 from collections.abc import Iterator
 
 from tqdm.auto import tqdm
@@ -42,22 +44,44 @@ class Progress:
         self._bar.close()
 
 
-@contextlib.contextmanager
-def quiet_libraries(quiet: bool) -> Iterator[None]:
-    """transformers/diffusers draw their own 'Loading weights' bars (one bar is enough) and, unless quiet,
-    keep their warnings; everything is restored afterwards."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
+LIBRARIES = ("transformers.utils.logging", "diffusers.utils.logging")
+_LOCK = threading.Lock()
+_HELD: dict[str, list] = {}  # library -> [blocks inside, bars were on, verbosity before]: the state to restore
 
-    saved = [(lib, lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in (tlog, dlog)]
-    for lib, _, _ in saved:
-        lib.disable_progress_bar()
-        if quiet:
-            lib.set_verbosity_error()
+
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool, libraries: tuple[str, ...] = LIBRARIES) -> Iterator[None]:
+    """transformers/diffusers draw their own 'Loading weights' bars (one bar is enough) and, unless quiet,
+    keep their warnings; everything is restored when the last block inside ends.
+
+    Their switches are process-wide, so blocks that overlap (two threads loading at once) share them: the
+    first saves the state, the last restores it; a block never turns bars back on under another one.
+    libraries: the logging modules to quiet (transformers alone spares the seconds of importing diffusers)."""
+    libs = [importlib.import_module(name) for name in libraries]
+    with _LOCK:
+        for name, lib in zip(libraries, libs):
+            _enter(name, lib, quiet)
     try:
         yield
     finally:
-        for lib, bars, verbosity in saved:
-            lib.set_verbosity(verbosity)
-            if bars:
-                lib.enable_progress_bar()
+        with _LOCK:
+            for name, lib in zip(libraries, libs):
+                _leave(name, lib)
+
+
+def _enter(name: str, lib, quiet: bool) -> None:
+    held = _HELD.setdefault(name, [0, lib.is_progress_bar_enabled(), lib.get_verbosity()])
+    held[0] += 1
+    lib.disable_progress_bar()
+    if quiet:
+        lib.set_verbosity_error()
+
+
+def _leave(name: str, lib) -> None:
+    held = _HELD[name]
+    held[0] -= 1
+    if held[0] == 0:
+        del _HELD[name]
+        lib.set_verbosity(held[2])
+        if held[1]:
+            lib.enable_progress_bar()

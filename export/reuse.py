@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export.manifest import atomic_write_text, sha256_files
+from cyclediff.export.atomic_files import atomic_write_text
+from cyclediff.export.manifest import sha256_files
 
 STATE = ".export-state.json"
 STATE_VERSION = 1

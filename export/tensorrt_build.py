@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from cyclediff.export import fp16
-from cyclediff.export.manifest import Manifest, atomic_write_bytes, sha256_files
-from cyclediff.export.models import MODEL_NAMES, VAE_DECODER, VAE_ENCODER
+from cyclediff.export.atomic_files import atomic_write_bytes
+from cyclediff.export.manifest import Manifest, sha256_files
 from cyclediff.export.onnx_export import ExportError
 from cyclediff.export.plan_cache import (
-    PlanEntry, Shapes, TrtTarget, Workload, plan_file, plan_key, profiles, read_plans, require_tensorrt, with_plans,
+    PlanEntry,
+    Shapes,
+    TrtTarget,
+    Workload,
+    plan_file,
+    plan_key,
+    profiles,
+    read_plans,
+    require_tensorrt,
+    with_plans,
 )
+from cyclediff.export.specs import MODEL_NAMES, VAE_DECODER, VAE_ENCODER
 
 if TYPE_CHECKING:
     import tensorrt as trt

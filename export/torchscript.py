@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from cyclediff.export.manifest import atomic_write_bytes
-from cyclediff.export.models import MODEL_NAMES, Dims, graphs, sample_inputs, specs
+from cyclediff.export.atomic_files import atomic_write_bytes
+from cyclediff.export.models import graphs, sample_inputs
+from cyclediff.export.specs import MODEL_NAMES, Dims, specs
 
 EXTRA_KEY = "torchscript"
 FOLDER = "torchscript"

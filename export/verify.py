@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from cyclediff.export.models import Dims, ModelSpec, output_shapes, sample_inputs
+
+from cyclediff.export.models import sample_inputs
 from cyclediff.export.onnx_export import ExportError
+from cyclediff.export.specs import Dims, ModelSpec, output_shapes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.models import Dims, specs
+from cyclediff.export.specs import Dims, specs
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import torch
+from reference import checkpoint_path, sample_image
 
 from cyclediff import Engine
 from cyclediff.export.manifest import ManifestError
-from reference import checkpoint_path, sample_image
 
 
 def test_auto_backend_on_cpu_is_onnxruntime(exports):

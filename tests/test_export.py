@@ -9,15 +9,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from ldm_layout import to_ldm
+
 from cyclediff.export import checkpoint, models
 from cyclediff.export.manifest import MANIFEST, Manifest, ManifestError, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings
 from cyclediff.export.pipeline import STAGING, run
 from cyclediff.export.reuse import STATE
+from cyclediff.export.specs import MODEL_NAMES, Dims, specs
 from cyclediff.export.verify import Tolerance
-from ldm_layout import to_ldm
 
-ALL = models.MODEL_NAMES
+ALL = MODEL_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
     assert m == report.manifest
     ref = checkpoint.resolve("tiny")
     assert m.checkpoint == {**ref.to_json(), "content_hash": checkpoint.content_hash(ref)}
-    dims = models.Dims.of(tiny.text_encoder, tiny.vae, tiny.unet)
+    dims = Dims.of(tiny.text_encoder, tiny.vae, tiny.unet)
     assert m.dims == dims and (dims.text_states, dims.text_width, dims.vae_scale) == (3, 32, 2)
     assert m.scheduler["timestep_spacing"] == "leading" and m.scheduler["beta_schedule"] == "scaled_linear"
     assert m.vae_scaling_factor == pytest.approx(0.18215) and m.sample_size == 32 and m.opset == 18
@@ -57,7 +59,7 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
         entry = m.models[name]
         assert entry.file == f"{name}.onnx" and entry.data_files == ()
         assert entry.sha256 == sha256_files([out / entry.file])
-        assert entry.spec == models.specs(dims)[name]
+        assert entry.spec == specs(dims)[name]
     assert set(m.tokenizer_files) >= {"tokenizer_config.json"}
     ort = {f for e in m.extra["ort_optimized"]["graphs"] for f in (e["file"], *e["data_files"])}  # ort_cache.py
     ir = {f for e in m.extra["openvino_ir"]["graphs"] for f in (e["file"], *e["data_files"])}  # openvino_ir.py

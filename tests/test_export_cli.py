@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cyclediff.export.cli import main
 from cyclediff.export.manifest import MANIFEST, Manifest, ManifestError
-from cyclediff.export.models import MODEL_NAMES
+from cyclediff.export.specs import MODEL_NAMES
 
 PREFIX = "cyclediff-export: error: "
 # Runs the real CLI in a child that parks itself (and says so in a marker file) at one point of the export,
@@ -144,3 +145,63 @@ def test_trt_without_tensorrt_fails_before_touching_out(tmp_path):
     result = _cli("--ckpt", "tiny", "--out", str(tmp_path / "out"), "--trt")
     assert result.returncode == 2 and "TensorRT" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- an --out that cannot be written is refused before any work, in one line -----------------------------------
+def _read_only(monkeypatch) -> None:
+    """Make the probe of every folder fail as a read-only mount does (as root, chmod would not stop writes, and
+    a read-only bind needs privileges); anything that went on to the checkpoint fails the test loudly."""
+    import errno
+
+    from cyclediff.export import checkpoint, writable
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was resolved before --out was checked")
+
+    monkeypatch.setattr(writable.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(checkpoint, "resolve", no_work)
+
+
+@pytest.mark.parametrize("where", ["new", "existing"])
+def test_read_only_out_is_refused_before_any_work(where, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    if where == "existing":
+        out.mkdir()
+    _read_only(monkeypatch)
+    assert main(["--ckpt", "tiny", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(PREFIX) and len(err.strip().splitlines()) == 1, err
+    assert f"--out {out} is not writable: Read-only file system" in err and "choose a folder you can write" in err
+    assert "Errno" not in err and sorted(p.name for p in tmp_path.iterdir()) == (["out"] if where == "existing"
+                                                                                else [])
+
+
+def test_read_only_out_is_refused_by_the_python_api_too(tmp_path, monkeypatch):
+    from cyclediff.export.pipeline import export
+    from cyclediff.export.writable import FolderNotWritable
+
+    _read_only(monkeypatch)
+    with pytest.raises(FolderNotWritable, match="--out .* is not writable: Read-only file system") as err:
+        export("tiny", tmp_path / "out", quiet=True)
+    assert err.value.field == "--out"
+
+
+def test_out_under_a_file_is_refused_in_a_real_process(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    done = _cli("--ckpt", "tiny", "--out", str(tmp_path / "a_file" / "out"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Errno" not in done.stderr, done.stderr
+    assert done.stderr.startswith(PREFIX) and len(done.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'a_file'} above it exists and is not a folder; choose a folder path for --out" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_writable_out_passes_the_check_and_keeps_nothing(tmp_path):
+    from cyclediff.export.writable import check_writable
+
+    check_writable(tmp_path / "new" / "deeper")  # created later, by the export: nothing made now
+    (tmp_path / "existing").mkdir()
+    check_writable(tmp_path / "existing")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["existing"]

@@ -3,7 +3,6 @@ export's peak down) gives the graph the all-in-memory fusion gives, byte for byt
 from __future__ import annotations
 
 import onnx
-import pytest
 
 from cyclediff.export import ort_optimize
 from cyclediff.export.onnx_export import ExportSettings

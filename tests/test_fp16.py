@@ -9,8 +9,9 @@ import pytest
 
 from cyclediff.export import fp16
 from cyclediff.export.manifest import Manifest
-from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, sample_inputs
+from cyclediff.export.models import sample_inputs
 from cyclediff.export.onnx_export import ExportError
+from cyclediff.export.specs import MODEL_NAMES, UNET, VAE_DECODER
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

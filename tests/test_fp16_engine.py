@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import sample_image
 
 from cyclediff import Engine
 from cyclediff.engine.base import BackendError
-from reference import sample_image
 
 ARGS = dict(prompt="a photo of a cat", source_prompt="a photo of a dog", num_inference_steps=10, output_type="np")
 

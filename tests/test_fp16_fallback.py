@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cyclediff.export import checkpoint, models
-from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
+from cyclediff.export.specs import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER, Dims, specs
 from cyclediff.runtime.core.backends import fp16_runners
 
 CPU = torch.device("cpu")
@@ -13,8 +13,8 @@ CPU = torch.device("cpu")
 
 def _graphs() -> tuple[dict[str, torch.nn.Module], dict]:
     comps = checkpoint.load(checkpoint.resolve("tiny"))
-    dims = models.Dims.of(comps.text_encoder, comps.vae, comps.unet)
-    return models.graphs(comps), models.specs(dims)
+    dims = Dims.of(comps.text_encoder, comps.vae, comps.unet)
+    return models.graphs(comps), specs(dims)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from reference import sample_image
 from cyclediff import Engine
 from cyclediff.engine.base import BackendError
 from cyclediff.export.attention_maps import UNET_ATTN
-from cyclediff.export.models import output_shapes, sample_inputs
+from cyclediff.export.models import sample_inputs
+from cyclediff.export.specs import output_shapes
 from cyclediff.runtime.methods.pix2pix_zero.reference_maps import GraphMaps, ProbeMaps
 
 CAPTION, STEPS = "a photo of a cat", 4

@@ -16,7 +16,7 @@ from cyclediff.engine.base import BackendError
 from cyclediff.engine.tensorrt_backend import check_binding, load_plans, pick_plan
 from cyclediff.export import plan_cache as pc
 from cyclediff.export.manifest import Manifest, ManifestError, ModelEntry
-from cyclediff.export.models import MODEL_NAMES, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, Dims, specs
+from cyclediff.export.specs import MODEL_NAMES, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, Dims, specs
 from cyclediff.export.tensorrt_build import BuildSettings, timing_cache_path
 
 DIMS = Dims(text_len=77, text_width=768, text_states=13, latent_channels=4, vae_scale=8, unet_downscale=8)
@@ -336,7 +336,8 @@ def test_build_and_run_tiny_plans_match_onnxruntime(exports, tmp_path):
     import shutil
 
     from cyclediff.engine.onnxruntime_backend import OrtModel
-    from cyclediff.export.models import output_shapes, sample_inputs
+    from cyclediff.export.models import sample_inputs
+    from cyclediff.export.specs import output_shapes
     from cyclediff.export.tensorrt_build import build_all
 
     folder = tmp_path / "tiny"
