@@ -2,7 +2,9 @@
 
 Ray Serve's own `max_queued_requests` cannot be the bound: its router checks the queue length, then awaits the
 request's arguments, then counts the request (ray 2.60 `router.py`), so a burst of simultaneous requests passes
-the check together and overfills the queue. The count here is taken before any await, so it is exact."""
+the check together and overfills the queue; and it counts a request as queued while it picks a replica, so a burst
+also gets refusals (Serve's, in plain text) the replica had room for. Serve's limit is therefore off (config.py):
+every refusal is this one's. The count here is taken before any await, so it is exact."""
 from __future__ import annotations
 
 import json

@@ -120,7 +120,7 @@ def _handlers(app: FastAPI) -> None:
     async def engine_refused(_: Request, err: ValueError) -> JSONResponse:
         # The Engine raises ValueError (ImageError, LatentCodeError, MemoryBudgetError) only for arguments it
         # cannot serve; its message names the argument and the fix.
-        return JSONResponse({"error": str(err), "field": jobs.field_named(str(err))}, status_code=422)
+        return JSONResponse({"error": str(err), "field": jobs.field_of(err)}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, err: Exception) -> JSONResponse:

@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+from cyclediff.runtime.cli import CliError
 from cyclediff.runtime.core.config import BACKENDS, DTYPES
 from cyclediff.serve.config import EngineSpec, Limits, Scaling
 
 PROG = "cyclediff-serve"
-EXAMPLE = """\
+# The Serve config file, shipped next to this module (pyproject package-data): its path where cyclediff is installed.
+CONFIG_FILE = Path(__file__).with_name("serve.yaml")
+EXAMPLE = f"""\
 examples:
   cyclediff-serve --engine exports/tiny                       # local Ray, http://127.0.0.1:8000
   curl -s -F image=@house.png -F source_prompt="a house" -F prompt="a castle" -F seed=0 \\
@@ -21,12 +24,9 @@ examples:
       --min-replicas 1 --max-replicas 8 --device cuda --dtype fp16 --num-gpus-per-replica 0.5
 
 The API is described at http://HOST:PORT/docs. Ctrl-C (or SIGTERM) stops the service; with the embedded Ray
-it also stops Ray. A cluster deployment from a file: `serve run cyclediff/serve/serve.yaml` (see README).
+it also stops Ray. A cluster deployment from a file: copy the Serve config {CONFIG_FILE},
+set its args (engine: the export's path on every node), then `serve deploy serve.yaml` (see README).
 """
-
-
-class CliError(ValueError):
-    """A bad command line; the message names the flag and the fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,17 +116,15 @@ def configs(args: argparse.Namespace) -> tuple[EngineSpec, Limits, Scaling]:
     return spec, limits, scaling
 
 
-def check_engine(folder: str) -> None:
-    """Fail before Ray starts: the most common mistake is a wrong --engine."""
-    from cyclediff.export.manifest import Manifest
+def check_engine(folder: str, backend: str = "auto") -> None:
+    """Fail before Ray starts: a wrong --engine, or a damaged export (see export_check.py)."""
+    from cyclediff.export.manifest import ManifestError
+    from cyclediff.serve.export_check import check_export
 
-    if not (Path(folder) / "manifest.json").is_file():
-        raise CliError(f"--engine {folder}: no manifest.json there; pass a folder made by cyclediff-export "
-                       "(e.g. cyclediff-export --ckpt tiny --out exports/tiny)")
     try:
-        Manifest.load(Path(folder), verify_files=False)
-    except ValueError as err:
-        raise CliError(f"--engine {folder}: {err}") from None
+        check_export(folder, backend)
+    except ManifestError as err:
+        raise CliError(str(err)) from None
 
 
 def check_port(host: str, port: int) -> None:
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         spec, limits, scaling = configs(args)
-        check_engine(spec.folder)
+        check_engine(spec.folder, spec.backend)
         if args.address is None:
             check_port(args.host, args.port)
     except CliError as err:

@@ -5,9 +5,19 @@ import logging
 import math
 import os
 
+from cyclediff.serve import load_error
 from cyclediff.serve.config import EngineSpec, Limits, Scaling
 
 LOOPBACK = "127.0.0.1"
+# Without --verbose, Ray's messages that a user cannot act on are not printed (os.environ, read when Ray starts):
+QUIET_ENV = {"RAY_enable_output_error_log_if_still_retry": "0"}  # "ServeController.graceful_shutdown failed" at stop
+# A new local cluster gets token authentication either way; stated, Ray does not warn that it chose it. Not set to
+# join a cluster: there it would demand a token from a cluster that may run without one.
+EMBEDDED_QUIET_ENV = {"RAY_AUTH_MODE": "token"}
+
+
+class DeployError(RuntimeError):
+    """The application did not start; the message is one line (a replica's load error where it has one)."""
 
 
 class Cluster:
@@ -21,9 +31,13 @@ class Cluster:
 
     def start(self, scaling: Scaling, host: str, port: int) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a service's machines
+        for name, value in self._quiet_env().items():
+            os.environ.setdefault(name, value)  # a user's own setting wins
         import ray
         from ray import serve
 
+        if not self.verbose:  # "Started Serve", and serve.run's "Connecting to existing Serve app" on a fresh start
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self._ray = ray
         level = logging.INFO if self.verbose else logging.WARNING
         if self.address is None:
@@ -36,6 +50,11 @@ class Cluster:
                     logging_config={"log_level": "INFO" if self.verbose else "WARNING"})
         self.url = f"http://{host}:{port}"
 
+    def _quiet_env(self) -> dict[str, str]:
+        if self.verbose:
+            return {}
+        return {**QUIET_ENV, **(EMBEDDED_QUIET_ENV if self.address is None else {})}
+
     def _embedded_cpus(self, scaling: Scaling) -> int:
         """Enough logical CPUs for every replica: Ray would otherwise leave the extra replicas pending forever."""
         needed = math.ceil(scaling.num_cpus * scaling.most_replicas())
@@ -47,7 +66,10 @@ class Cluster:
 
         from cyclediff.serve.deployment import APP_NAME, application
 
-        serve.run(application(spec, limits, scaling), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(application(spec, limits, scaling), name=APP_NAME, route_prefix="/", blocking=False)
+        except RuntimeError as err:  # "Deploying application cyclediff failed": the reason is in Serve's status
+            raise DeployError(load_error.summary(_deployment_messages(APP_NAME), str(err))) from None
         return self.url
 
     def stop(self) -> None:
@@ -64,3 +86,14 @@ class Cluster:
                 serve.delete(APP_NAME)
         finally:
             self._ray.shutdown()
+
+
+def _deployment_messages(app: str) -> list[str]:
+    """Serve's status message of each of the app's deployments (a failed replica's traceback), [] if unknown."""
+    from ray import serve
+
+    try:
+        status = serve.status().applications[app]
+    except Exception:  # noqa: BLE001 - a status that cannot be read leaves Serve's own error to show
+        return []
+    return [d.message for d in status.deployments.values()]

@@ -5,6 +5,8 @@ import dataclasses
 import math
 from typing import Any
 
+SERVE_UNBOUNDED = -1  # Ray Serve's max_queued_requests: no limit of its own
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
@@ -78,16 +80,14 @@ class Scaling:
 
     def deployment_options(self, max_concurrency: int) -> dict[str, Any]:
         """Keyword arguments of Ray Serve's `Deployment.options`. The replica holds the exact queue (admission.py);
-        Serve may hand it twice that, so that a burst's overflow reaches the replica and is refused there at once
-        instead of waiting in the proxy; the proxy's own queue, as large again, is only a backstop."""
-        from ray.serve.config import BackpressureConfig
-
+        Serve may hand it twice that, so that a burst's overflow reaches the replica and is refused there at once,
+        as JSON with Retry-After. Serve's own queue limit stays off (-1): its router counts a request as queued
+        while it picks a replica, so under a burst it refused requests the replica had room for, in plain text.
+        Past 2 * capacity a request waits in the proxy only until the replica's next refusal frees a place."""
         actor = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         capacity = max_concurrency + self.max_queued_requests
-        options: dict[str, Any] = {
-            "max_ongoing_requests": 2 * capacity, "max_queued_requests": capacity,
-            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
-            "ray_actor_options": actor}
+        options: dict[str, Any] = {"max_ongoing_requests": 2 * capacity, "max_queued_requests": SERVE_UNBOUNDED,
+                                   "ray_actor_options": actor}
         if self.autoscaling:
             options["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                              "target_ongoing_requests": self.target_ongoing_requests}

@@ -8,6 +8,7 @@ from ray import serve
 
 from cyclediff.serve.app import build_app
 from cyclediff.serve.config import EngineSpec, Limits, Scaling
+from cyclediff.serve.load_error import ReplicaLoadError
 from cyclediff.serve.worker import EngineWorker
 
 APP_NAME = "cyclediff"
@@ -24,7 +25,10 @@ class EditServer:
     def __init__(self, spec: EngineSpec, limits: Limits, scaling: Scaling):
         import cyclediff  # sets OMP_WAIT_POLICY before torch is imported
 
-        engine = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
+        try:
+            engine = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
+        except Exception as err:  # noqa: BLE001 - any load error becomes the one line the command shows
+            raise ReplicaLoadError.of(spec.folder, err) from err
         self.worker = EngineWorker(engine, spec.max_concurrency, scaling.max_queued_requests)
         self.limits, self.retry_after_s = limits, scaling.retry_after_s
 
@@ -37,7 +41,9 @@ class EditServer:
             raise RuntimeError("the replica's worker threads are shut down")
 
     def __del__(self):
-        self.worker.close()
+        worker = getattr(self, "worker", None)  # None when the Engine failed to load
+        if worker is not None:
+            worker.close()
 
 
 def application(spec: EngineSpec, limits: Limits, scaling: Scaling):

@@ -1,6 +1,9 @@
 """RequestError: a user's mistake, answered with a 4xx JSON body that names the field and the fix."""
 from __future__ import annotations
 
+# Raised inside an Engine call (from its cancel check) once its request timed out or went away.
+from cyclediff.runtime.core.cancel import Cancelled  # noqa: F401  (the one cancellation error)
+
 
 class RequestError(Exception):
     """status: the HTTP status (400 unreadable, 413 too large, 415 wrong content type, 422 invalid value)."""
@@ -15,7 +18,3 @@ class RequestError(Exception):
 
 class RequestTimeout(Exception):
     """The request ran past its timeout; its Engine call was told to stop."""
-
-
-class Cancelled(Exception):
-    """Raised inside an Engine call (from its step callback) once its request timed out or went away."""

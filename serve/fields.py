@@ -1,9 +1,9 @@
 """Typed, bounded reading of a request's fields (JSON values or multipart form strings), one error per field."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from cyclediff.runtime.core.checks import InvalidArgument, check_number, check_seed
 from cyclediff.serve.config import Limits
 from cyclediff.serve.errors import RequestError
 
@@ -17,7 +17,6 @@ ENDPOINT_FIELDS = {
     "decode": ("code", "prompt", "guidance_scale", "output_format", "timeout_s"),
 }
 INTEGERS = ("num_inference_steps", "seed")
-SEED_LIMIT = 2**63  # torch.Generator.manual_seed's range
 
 
 def check_known(raw: dict[str, Any], endpoint: str) -> None:
@@ -28,20 +27,21 @@ def check_known(raw: dict[str, Any], endpoint: str) -> None:
                                           f"{', '.join(known)}")
 
 
-def number(raw: dict[str, Any], name: str, default: Any, from_form: bool) -> Any:
-    """An int (INTEGERS) or a finite float; form values arrive as strings and are parsed."""
+def number(raw: dict[str, Any], name: str, default: Any, from_form: bool, check: bool = True) -> Any:
+    """An int (INTEGERS) or a finite float; form values arrive as strings and are parsed. check=False: the value
+    as sent, for a caller whose request (EditParams) checks it with its bounds in one message."""
     value = raw.get(name)
     if value is None:
         return default
     integer = name in INTEGERS
     if from_form and isinstance(value, str):
         value = _parse(name, value, integer)
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise RequestError(422, name, f"{name} must be {kind}, got {value!r} ({type(value).__name__}); send "
-                                      f"e.g. {name}={_example(name)}")
-    if not integer and not math.isfinite(value):
-        raise RequestError(422, name, f"{name} must be a finite number, got {value!r}")
+    if not check:
+        return value
+    try:
+        check_number(name, value, integer=integer)
+    except InvalidArgument as err:  # the Engine's own words, as every front door gives them
+        raise RequestError(422, name, str(err)) from None
     return value if integer else float(value)
 
 
@@ -94,8 +94,10 @@ def seed(raw: dict[str, Any], from_form: bool, fresh: int) -> int:
     value = number(raw, "seed", None, from_form)
     if value is None:
         return fresh
-    if not 0 <= value < SEED_LIMIT:
-        raise RequestError(422, "seed", f"seed must be in [0, 2**63), got {value}")
+    try:
+        check_seed("seed", value)
+    except InvalidArgument as err:
+        raise RequestError(422, "seed", str(err)) from None
     return value
 
 

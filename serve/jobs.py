@@ -16,10 +16,7 @@ from cyclediff.serve.worker import CancelToken
 
 @dataclasses.dataclass(frozen=True)
 class EditJob:
-    image: bytes  # the upload, decoded on the worker thread
-    source_prompt: str
-    prompts: tuple[str, ...]
-    params: Any  # cyclediff.EditParams
+    request: Any  # cyclediff EditRequest, one shared encoding per prompt list; .image: the upload's bytes
     seed: int
     output_format: str
     timeout_s: float
@@ -27,9 +24,7 @@ class EditJob:
 
 @dataclasses.dataclass(frozen=True)
 class EncodeJob:
-    image: bytes
-    source_prompt: str
-    params: Any  # cyclediff.EditParams (guidance_scale unused)
+    request: Any  # cyclediff EncodeRequest; .image: the upload's bytes, decoded on the worker thread
     seed: int
     timeout_s: float
 
@@ -44,16 +39,24 @@ class DecodeJob:
 
 
 def edit_job(raw: dict[str, Any], form: bool, limits: Limits) -> EditJob:
+    """The request as the Engine's own EditRequest (its rules, its messages), bounded by the service's limits."""
+    from cyclediff.runtime.core.requests import EditRequest
+
     F.check_known(raw, "edit")
-    return EditJob(_file(raw, "image", form), F.text(raw, "source_prompt", limits), F.prompts(raw, limits),
-                   params(raw, form, limits), F.seed(raw, form, secrets.randbelow(2**31)), F.output_format(raw),
-                   F.timeout(raw, form, limits))
+    image, source, prompts = _file(raw, "image", form), F.text(raw, "source_prompt", limits), F.prompts(raw, limits)
+    fmt = F.output_format(raw)
+    request = _checked(lambda: EditRequest(list(prompts), source, image, params(raw, form, limits),
+                                           output_type=_output_type(fmt), one_encoding=True))
+    return EditJob(request, F.seed(raw, form, secrets.randbelow(2**31)), fmt, F.timeout(raw, form, limits))
 
 
 def encode_job(raw: dict[str, Any], form: bool, limits: Limits) -> EncodeJob:
+    from cyclediff.runtime.core.requests import EncodeRequest
+
     F.check_known(raw, "encode")
-    return EncodeJob(_file(raw, "image", form), F.text(raw, "source_prompt", limits), params(raw, form, limits),
-                     F.seed(raw, form, secrets.randbelow(2**31)), F.timeout(raw, form, limits))
+    image, source = _file(raw, "image", form), F.text(raw, "source_prompt", limits)
+    request = _checked(lambda: EncodeRequest(image, source, params(raw, form, limits)))
+    return EncodeJob(request, F.seed(raw, form, secrets.randbelow(2**31)), F.timeout(raw, form, limits))
 
 
 def decode_job(raw: dict[str, Any], form: bool, limits: Limits) -> DecodeJob:
@@ -64,25 +67,33 @@ def decode_job(raw: dict[str, Any], form: bool, limits: Limits) -> DecodeJob:
 
 
 def params(raw: dict[str, Any], form: bool, limits: Limits):
-    """EditParams with the Engine's own defaults and bounds (its error names the field), plus --max-steps."""
+    """EditParams with the Engine's own defaults and rules (its error names the field), plus --max-steps."""
     from cyclediff import EditParams
 
     defaults = EditParams()
-    values = {name: F.number(raw, name, getattr(defaults, name), form) for name in F.SETTINGS}
-    if values["num_inference_steps"] > limits.max_steps:
+    values = {name: F.number(raw, name, getattr(defaults, name), form, check=False) for name in F.SETTINGS}
+    params = _checked(lambda: EditParams(**values))
+    if params.num_inference_steps > limits.max_steps:
         raise RequestError(422, "num_inference_steps", f"num_inference_steps must be <= {limits.max_steps} (the "
-                                                       f"service's --max-steps), got {values['num_inference_steps']}")
+                                                       f"service's --max-steps), got {params.num_inference_steps}")
+    return params
+
+
+def _checked(build):
+    """build(), its InvalidArgument answered as a 422 naming the field (the Engine's words, unchanged)."""
+    from cyclediff.runtime.core.checks import InvalidArgument
+
     try:
-        return EditParams(**values)
-    except ValueError as err:
-        raise RequestError(422, field_named(str(err)), str(err)) from None
+        return build()
+    except InvalidArgument as err:
+        raise RequestError(422, err.field, str(err)) from None
 
 
-def field_named(message: str) -> str | None:
-    """The request field an Engine error message is about (they start with the argument's name)."""
-    first = message.split(" ", 1)[0]
+def field_of(err: BaseException) -> str | None:
+    """The request field an Engine error is about: its .field, when it is one of ours."""
+    field = getattr(err, "field", None)
     known = {name for names in F.ENDPOINT_FIELDS.values() for name in names}
-    return first if first in known else None
+    return field if field in known else None
 
 
 def _file(raw: dict[str, Any], name: str, form: bool) -> bytes:
@@ -98,37 +109,22 @@ def _file(raw: dict[str, Any], name: str, form: bool) -> bytes:
 # ---- running a job on the Engine (worker thread) ----------------------------------------------------------------
 
 def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_multiple: int) -> list:
-    """One prompt: exactly Engine.edit. Several: one shared encoding decoded per prompt (as cyclediff-run)."""
+    """Engine.edit for one prompt; one shared encoding decoded per prompt for several (the engine's rule)."""
     import torch
 
-    image = media.read_image(job.image, limits, side_multiple)
-    p, kind = job.params, _output_type(job.output_format)
-    generator = torch.Generator().manual_seed(job.seed)
-    if len(job.prompts) == 1:
-        return _images(engine.edit(job.prompts[0], job.source_prompt, image, strength=p.strength,
-                                   num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
-                                   source_guidance_scale=p.source_guidance_scale, eta=p.eta, generator=generator,
-                                   output_type=kind, callback=token.check))
-    # As CycleDiffusionPipeline: with guidance_scale <= 1 the source branch runs unguided.
-    source_scale = p.source_guidance_scale if p.guidance_scale > 1 else 1.0
-    code = engine.encode(image, job.source_prompt, strength=p.strength, num_inference_steps=p.num_inference_steps,
-                         source_guidance_scale=source_scale, eta=p.eta, generator=generator)
-    out = []
-    for prompt in job.prompts:
-        token.check()
-        out += _images(engine.decode(code, prompt, p.guidance_scale, kind, callback=token.check))
-    return out
+    image = media.read_image(job.request.image, limits, side_multiple)
+    request = dataclasses.replace(job.request, image=image, generator=torch.Generator().manual_seed(job.seed),
+                                  callback=token.check)
+    return _images(engine.run(request))
 
 
 def run_encode(engine, job: EncodeJob, token: CancelToken, limits: Limits, side_multiple: int) -> bytes:
     import torch
 
-    image = media.read_image(job.image, limits, side_multiple)
-    p = job.params
+    image = media.read_image(job.request.image, limits, side_multiple)
     token.check()
-    code = engine.encode(image, job.source_prompt, strength=p.strength, num_inference_steps=p.num_inference_steps,
-                         source_guidance_scale=p.source_guidance_scale, eta=p.eta,
-                         generator=torch.Generator().manual_seed(job.seed))
+    code = engine.run(dataclasses.replace(job.request, image=image,
+                                          generator=torch.Generator().manual_seed(job.seed)))
     with tempfile.TemporaryDirectory(prefix="cyclediff-code-") as tmp:
         path = Path(tmp) / "code.safetensors"
         code.save(path)

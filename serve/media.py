@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 
 import numpy as np
@@ -40,10 +41,51 @@ def read_image(data: bytes, limits: Limits, side_multiple: int) -> PIL.Image.Ima
     except RequestError:
         raise
     except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt or unknown files
-        raise RequestError(400, "image", f"image could not be decoded ({type(err).__name__}: {err}); send a PNG, "
-                                         "JPEG or WebP file") from None
+        raise RequestError(400, "image", f"image could not be decoded: received {describe(data)}{_reason(err)}; "
+                                         "send a PNG, JPEG or WebP file") from None
     _check_sides(w, h, side_multiple)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# What an upload that is not a picture PIL reads may be, by its first bytes.
+SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"%PDF", "PDF"),
+              (b"PK\x03\x04", "ZIP"))
+
+
+def describe(data: bytes) -> str:
+    """What an upload holds, for an error message: "7 bytes of text: 'a house'", "3000 bytes of PNG data"."""
+    if not data:
+        return "an empty file (0 bytes)"
+    size = f"{len(data)} byte{'' if len(data) == 1 else 's'}"
+    kinds = [what for magic, what in SIGNATURES if data.startswith(magic)]
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kinds.append("WebP")
+    if kinds:
+        return f"{size} of {kinds[0]} data"
+    text = _text(data[:4096])
+    if text is not None:
+        head = " ".join(text.split())
+        return f"{size} of text: {head[:40]!r}{'...' if len(head) > 40 else ''}"
+    return f"{size} of an unknown format (starting {data[:8].hex(' ')})"
+
+
+def _text(head: bytes) -> str | None:
+    """The bytes as text, when they are printable UTF-8 (the sample may cut a character at its end)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return None
+        text = head[:err.start].decode("utf-8")
+    return text if all(c.isprintable() or c.isspace() for c in text) else None
+
+
+def _reason(err: Exception) -> str:
+    """PIL's reason, when it says more than "cannot identify image file <_io.BytesIO object at 0x...>"."""
+    if isinstance(err, PIL.UnidentifiedImageError):
+        return ""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err)).strip()
+    return f" ({type(err).__name__}: {text})" if text else f" ({type(err).__name__})"
 
 
 def _check_sides(w: int, h: int, m: int) -> None:

@@ -1,4 +1,8 @@
-"""The replica's bounded queue (serve/admission.py) on a stub ASGI app: exact under a simultaneous burst."""
+"""The replica's bounded queue (serve/admission.py) on a stub ASGI app: exact under a simultaneous burst.
+
+No event-loop ticks are counted: every request reports when it settles (reached the held app, or got its
+answer), and the scenarios await exactly those reports.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +13,14 @@ from cyclediff.serve.worker import EngineWorker
 
 
 class Held:
-    """An ASGI app whose requests run until release() is called; counts the calls it saw."""
+    """An ASGI app whose requests run until `gate` is set; counts the calls it saw and notes each arrival."""
 
-    def __init__(self):
-        self.gate, self.calls = asyncio.Event(), 0
+    def __init__(self, notes: asyncio.Queue):
+        self.gate, self.calls, self.notes = asyncio.Event(), 0, notes
 
     async def __call__(self, scope, receive, send):
         self.calls += 1
+        self.notes.put_nowait(("held", None))
         await self.gate.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -34,44 +39,63 @@ async def _call(app, path: str) -> tuple[int, dict, bytes]:
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
 
 
+async def _noted(app, path: str, notes: asyncio.Queue) -> tuple[int, dict, bytes]:
+    """_call, noting ("answered", reply) once it has its answer."""
+    reply = await _call(app, path)
+    notes.put_nowait(("answered", reply))
+    return reply
+
+
+async def _settled(notes: asyncio.Queue, n: int) -> list[tuple[str, object]]:
+    """The first n notes: one per request while the gate is shut (held at the gate, or answered at once)."""
+    return [await notes.get() for _ in range(n)]
+
+
+def _now(coro):
+    """Run a coroutine that must finish without suspending (nothing it awaits may wait); its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the call waited: it should be answered at once")
+
+
 def test_a_burst_gets_exactly_capacity_admitted_and_the_rest_503():
     async def scenario():
-        worker = EngineWorker(None, threads=2, max_waiting=3)
-        inner = Held()
+        worker, notes = EngineWorker(None, threads=2, max_waiting=3), asyncio.Queue()
+        inner = Held(notes)
         app = Admission(inner, worker, retry_after_s=1.5)
-        burst = [asyncio.create_task(_call(app, "/v1/edit")) for _ in range(12)]
-        for _ in range(20):  # let every task reach the gate or be refused
-            await asyncio.sleep(0)
-        refused = [t.result() for t in burst if t.done()]
-        waiting = [t for t in burst if not t.done()]
-        info = await asyncio.wait_for(_call(Admission(_ok, worker, 1), "/v1/info"), 1)
+        burst = [asyncio.create_task(_noted(app, "/v1/edit", notes)) for _ in range(12)]
+        settled = await _settled(notes, len(burst))
+        refused = [reply for kind, reply in settled if kind == "answered"]
+        info = _now(_call(Admission(_ok, worker, 1), "/v1/info"))  # while the queue is full
         inner.gate.set()
-        admitted = await asyncio.gather(*waiting)
-        return worker, inner, refused, admitted, info
+        replies = await asyncio.gather(*burst)
+        return worker, inner, settled, refused, replies, info
 
-    worker, inner, refused, admitted, info = asyncio.run(scenario())
-    assert len(refused) == 7 and inner.calls == 5 == len(admitted)
+    worker, inner, settled, refused, replies, info = asyncio.run(scenario())
+    assert len(refused) == 7 and inner.calls == 5 == sum(kind == "held" for kind, _ in settled)
     for status, headers, body in refused:
         assert status == 503 and headers[b"retry-after"] == b"2"  # rounded up, as Ray Serve does
         assert "--max-queued-requests" in json.loads(body)["error"]
-    assert all(status == 200 for status, _, _ in admitted)
+    assert sorted(status for status, _, _ in replies) == [200] * 5 + [503] * 7  # the 5 held ones: 200
     assert info[0] == 200  # /v1/info is never refused, even when the queue is full
     assert worker.stats()["refused"] == 7 and worker.stats()["admitted"] == 0  # every place given back
 
 
 def test_paths_under_a_route_prefix_are_counted():
     async def scenario():
-        worker = EngineWorker(None, threads=1)
-        inner = Held()
+        worker, notes = EngineWorker(None, threads=1), asyncio.Queue()
+        inner = Held(notes)
         app = Admission(inner, worker, retry_after_s=1)
-        first = asyncio.create_task(_call(app, "/cyclediff/v1/encode"))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        second = await _call(app, "/cyclediff/v1/edit")
+        first = asyncio.create_task(_noted(app, "/cyclediff/v1/encode", notes))
+        [(kind, _)] = await _settled(notes, 1)
+        second = _now(_call(app, "/cyclediff/v1/edit"))  # the one place is taken: refused at once
         inner.gate.set()
-        return (await first)[0], second[0]
+        return kind, (await first)[0], second[0]
 
-    assert asyncio.run(scenario()) == (200, 503)
+    assert asyncio.run(scenario()) == ("held", 200, 503)
 
 
 async def _ok(scope, receive, send):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ pytest.importorskip("httpx", reason="needs the serve extra: pip install '.[serve
 from fastapi.testclient import TestClient
 
 from cyclediff.client import Client, ServiceError
+from cyclediff.engine.base import ModelRunner
 from cyclediff.serve.app import build_app
 from cyclediff.serve.config import EngineSpec, Limits
 from cyclediff.serve.worker import EngineWorker
@@ -32,13 +33,18 @@ def engine(exports):
 
 
 @pytest.fixture(scope="module")
-def http(engine):
+def worker(engine):
     worker = EngineWorker(engine, 4)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def http(worker):
     app = build_app(worker, Limits(max_body_bytes=256 * 1024, max_side=256, max_prompts=3, max_steps=1000,
                                    request_timeout_s=30))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
-    worker.close()
 
 
 def _png(size=(32, 32), seed=0) -> bytes:
@@ -106,6 +112,9 @@ def test_encode_then_decode_round_trip(http, engine, tmp_path):
     ({"source_prompt": None}, 422, "source_prompt", "required"),
     ({"image": "not base64!"}, 400, "image", "base64"),
     ({"image": base64.b64encode(b"GIF89a junk").decode()}, 400, "image", "could not be decoded"),
+    ({"image": base64.b64encode(b"a house on a hill\n").decode()}, 400, "image",
+     "received 18 bytes of text: 'a house on a hill'; send a PNG, JPEG or WebP file"),
+    ({"image": ""}, 400, "image", "received an empty file"),
     ({"image": base64.b64encode(_png((30, 32))).decode()}, 422, "image", "multiples of 4"),
     ({"image": base64.b64encode(_png((300, 32))).decode()}, 413, "image", "limit of 256"),
     ({"output_format": "gif"}, 422, "output_format", "png"),
@@ -115,6 +124,17 @@ def test_bad_edit_requests(http, body, status, field, words):
     r = http.post("/v1/edit", json=_json_edit(**body))
     assert r.status_code == status, r.text
     assert r.json()["field"] == field and words in r.json()["error"], r.json()
+    assert "BytesIO" not in r.json()["error"]
+
+
+def test_a_text_file_as_the_image_says_what_was_received(http):
+    r = http.post("/v1/edit", data={"source_prompt": "a", "prompt": "b"},
+                  files={"image": ("notes.txt", b"\x00\x01 not text, not a picture")})
+    assert r.status_code == 400 and r.json()["field"] == "image", r.text
+    assert "of an unknown format (starting 00 01 20 6e" in r.json()["error"] and "BytesIO" not in r.text
+    r = http.post("/v1/edit", data={"source_prompt": "a", "prompt": "b"},
+                  files={"image": ("house.png", _png()[:40])})
+    assert r.status_code == 400 and "40 bytes of PNG data" in r.json()["error"], r.text
 
 
 def test_bad_bodies(http):
@@ -144,17 +164,55 @@ def test_client_raises_service_error(http):
     assert err.value.status == 422 and err.value.field == "strength"
 
 
-def test_timeout_is_504_and_stops_the_work(http):
-    """A request past its timeout_s gets 504, and its Engine call stops at its next step (counted as
+class UnetHeldUntilCancelled(ModelRunner):
+    """Wraps the Engine's UNet runner: the first call waits until the request's token is cancelled (its timeout
+    fired), so the request times out mid-way through its Engine call however fast the machine is."""
+
+    def __init__(self, inner: ModelRunner):
+        super().__init__(inner.spec)
+        self.inner, self.calls, self.token = inner, 0, None
+        self.started = threading.Event()  # the request's job is running: self.token is set
+
+    def __call__(self, feeds, outputs):
+        self.calls += 1
+        if self.calls == 1:  # the token's own event: set even if the timeout fired before we looked
+            assert self.started.wait(60) and self.token._event.wait(60), "the request never timed out"
+        self.inner(feeds, outputs)
+
+
+def test_timeout_is_504_and_stops_the_work(http, engine, worker, monkeypatch):
+    """A request past its timeout_s gets 504, and its Engine call stops at its next model call (counted as
     cancelled) instead of running its 800 decoder steps to the end."""
+    from cyclediff.export.specs import UNET
+    from cyclediff.serve import jobs
+
+    unet = UnetHeldUntilCancelled(engine.dispatcher.runners[UNET])
+    monkeypatch.setitem(engine.dispatcher.runners, UNET, unet)
+    run_edit, guarded, finished = jobs.run_edit, worker._guarded, threading.Event()
+
+    def noting_run_edit(engine, job, token, *args):
+        unet.token = token
+        unet.started.set()
+        return run_edit(engine, job, token, *args)
+
+    def noting_guarded(job, token):  # the worker's own bookkeeping included (the cancelled count)
+        try:
+            return guarded(job, token)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(jobs, "run_edit", noting_run_edit)
+    monkeypatch.setattr(worker, "_guarded", noting_guarded)
     before = http.get("/v1/info").json()["replica"]["cancelled"]
     r = http.post("/v1/edit", json=_json_edit(num_inference_steps=1000, timeout_s=0.2))
     assert r.status_code == 504 and r.json()["field"] == "timeout_s"
-    deadline = time.monotonic() + 120
-    while http.get("/v1/info").json()["replica"]["cancelled"] == before:
-        assert time.monotonic() < deadline, "the timed-out edit was not stopped"
-        time.sleep(0.2)
-    assert http.get("/v1/info").json()["replica"]["in_flight"] == 0
+    assert finished.wait(60), "the timed-out edit was not stopped"
+    replica = http.get("/v1/info").json()["replica"]
+    assert replica["cancelled"] == before + 1 and replica["in_flight"] == 0
+    # Held at its first UNet call until cancelled, the edit stopped at its next model call: 1 UNet call. (0 if the
+    # timeout fired before the first one: the text encoder or VAE call saw the cancel first.) Never 800 steps.
+    assert unet.calls <= 1
+    monkeypatch.undo()
     assert http.post("/v1/edit", json=_json_edit(seed=1)).status_code == 200  # still serving
 
 
@@ -189,7 +247,8 @@ def test_serve_yaml_builds_the_application(exports):
     app = build(args)
     options = app._bound_deployment  # the deployment as bound: replicas and resources from args
     assert options.ray_actor_options["num_gpus"] == 0.5
-    # 8 running + 64 queued, counted by the replica; Serve may hand it twice that so it refuses the overflow
-    assert options.max_ongoing_requests == 2 * (8 + 64) and options.max_queued_requests == 8 + 64
+    # 8 running + 64 queued, counted by the replica; Serve may hand it twice that so it refuses the overflow, and
+    # Serve's own queue limit is off, so that every refusal is the replica's JSON 503 (serve/admission.py)
+    assert options.max_ongoing_requests == 2 * (8 + 64) and options.max_queued_requests == -1
     with pytest.raises(ValueError, match="unknown args"):
         build({**args, "replica": 2})

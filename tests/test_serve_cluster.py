@@ -33,6 +33,9 @@ pytestmark = pytest.mark.slow
 STEPS = 6
 PROMPTS = ("a castle", "a barn", "a mill", "a tower")
 OK_AFTER_KILL = {200, 500, 502, 503}  # a request on the killed replica fails with a 5xx; none may be wrong
+# The overload test's last queued requests wait two merged batches of 300 steps and run a third: ~42 s on a quiet
+# 2-core machine, past 60 s on a busy CI one (a 504, seen once). The service's bound and the client's sit above it.
+REQUEST_TIMEOUT_S = 300
 
 
 def _free_port() -> int:
@@ -111,27 +114,58 @@ def _stop(service: Service) -> list[int]:
     return left
 
 
-@pytest.fixture(scope="module")
-def service(exports, tmp_path_factory):
+# What Ray printed on a fresh start and stop before cyclediff-serve turned it off (without --verbose).
+RAY_NOISE = ("Token authentication is enabled", "Connecting to existing Serve app", "graceful_shutdown failed")
+
+
+def _launch(engine: Path, log: Path, *flags: str) -> Service:
+    """cyclediff-serve on a free port, its stdout and stderr in `log`, with a private RAY_TMPDIR."""
     # Ray's unix socket paths must stay under ~107 characters: a short private temp dir, not pytest's.
     ray_tmp = Path(tempfile.mkdtemp(prefix="cdray-", dir="/tmp"))
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     port = _free_port()
     script = Path(sys.executable).with_name("cyclediff-serve")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "cyclediff.serve.cli"]
-    cmd += ["--engine", str(exports("tiny")), "--port", str(port), "--threads", "1", "--max-concurrency", "8",
-            "--max-queued-requests", "16", "--retry-after", "2", "--max-body-mb", "1", "--request-timeout", "60"]
+    cmd += ["--engine", str(engine), "--port", str(port), "--threads", "1", *flags]
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    svc = Service(f"http://127.0.0.1:{port}", proc, log, ray_tmp)
+    return Service(f"http://127.0.0.1:{port}", proc, log, ray_tmp)
+
+
+def _stop_and_clean(service: Service) -> None:
+    left = _stop(service)
+    shutil.rmtree(service.ray_tmp, ignore_errors=True)
+    assert not left, f"processes left running after cyclediff-serve stopped: {left}"
+
+
+def test_a_replica_that_cannot_load_is_one_line_and_exit_1(exports, tmp_path):
+    """An export that passes the command's checks but that no replica can load as asked (bf16 on ONNX Runtime):
+    the command exits 1 with the replica's error as its only line: no Ray traceback, no Ray messages.
+    First in the module: it starts its own Ray before the shared service starts."""
+    svc = _launch(exports("tiny"), tmp_path / "serve.log", "--backend", "onnxruntime", "--dtype", "bf16")
+    try:
+        code = svc.proc.wait(240)
+    finally:
+        _stop_and_clean(svc)
+    out = svc.log.read_text()
+    assert code == 1, out
+    assert out.count("\n") == 1, out
+    assert out.startswith("cyclediff-serve: error: a replica could not load the Engine from ") and \
+        "BackendError: dtype='bf16' runs on backend 'openvino'" in out, out
+
+
+@pytest.fixture(scope="module")
+def service(exports, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    svc = _launch(exports("tiny"), log, "--max-concurrency", "8", "--max-queued-requests", "16", "--retry-after",
+                  "2", "--max-body-mb", "1", "--request-timeout", str(REQUEST_TIMEOUT_S))
     try:
         svc.wait_ready(240)
         yield svc
     finally:
-        left = _stop(svc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        assert not left, f"processes left running after cyclediff-serve stopped: {left}"
+        _stop_and_clean(svc)
+        text = log.read_text()
+        assert not [m for m in RAY_NOISE if m in text], f"Ray's start/stop messages were printed:\n{text[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +180,7 @@ def expected(exports):
 
 
 def _edit(url: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{url}/v1/edit", json=body, timeout=120)
+    return httpx.post(f"{url}/v1/edit", json=body, timeout=REQUEST_TIMEOUT_S + 30)
 
 
 def test_sixteen_concurrent_clients_get_engine_edit(service, expected):
@@ -181,7 +215,7 @@ def test_overload_gets_503_with_retry_after(service):
     """48 requests at once against 8 running + 16 queued: the rest are refused at once, by the replica's exact
     count (Ray's own queue limit lets a burst through: CI once saw 29 admitted), and memory stays bounded.
     Each takes seconds (300 steps: a merged batch of 8 takes ~14 s here, the burst ~1 s), so none finishes and
-    frees a place before all 48 have arrived."""
+    frees a place before all 48 have arrived. The admitted 24 take up to three batches: REQUEST_TIMEOUT_S covers them."""
     before = service.info()["replica"]
     start = threading.Barrier(48)
 
@@ -194,6 +228,10 @@ def test_overload_gets_503_with_retry_after(service):
     statuses = [r.status_code for r in answers]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(503) >= 48 - 8 - 16 and statuses.count(200) >= 8, statuses
+    refused = [r for r in answers if r.status_code == 503]
+    # every refusal is the replica's (Ray Serve's own answers text/plain without the fields)
+    assert all(r.headers.get("content-type") == "application/json" for r in refused), \
+        [(r.headers.get("content-type"), r.text[:120]) for r in refused]
     assert all(r.headers.get("retry-after") == "2" for r in answers if r.status_code == 503)
     assert all("--max-queued-requests" in r.json()["error"] for r in answers if r.status_code == 503)
     after = service.info()["replica"]
