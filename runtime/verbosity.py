@@ -7,17 +7,36 @@ and cyclediff's own warnings print as one `PROG: warning: ...` line each.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 _ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's logger severities
+_verbose = False  # the latest configure(); a library caller that never calls it gets the quiet default
 
 
 def configure(prog: str, verbose: bool) -> None:
     """Call once, at the top of a CLI's main(), before any library does work."""
+    global _verbose
+    _verbose = bool(verbose)
     _own_messages(prog, logging.DEBUG if verbose else logging.WARNING)
     _libraries(verbose)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Around a load of the checkpoint's torch modules: transformers' and diffusers' own 'Loading weights' bars
+    are hidden unless --verbose (a bar per model file, for a load of seconds, is noise beside the edit's own
+    bars). Their warnings still follow configure(). Safe from several threads (export/progress.py)."""
+    if _verbose:
+        yield
+        return
+    from cyclediff.export.progress import quiet_libraries
+
+    with quiet_libraries(quiet=False):
+        yield
 
 
 def _own_messages(prog: str, level: int) -> None:

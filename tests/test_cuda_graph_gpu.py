@@ -33,11 +33,12 @@ def _tiny_unet(device: torch.device) -> tuple[ModelRunner, tuple[int, int]]:
     """The built-in tiny checkpoint's UNet through the torch backend; returns it and (text_len, text_width)."""
     from cyclediff.engine.torch_backend import TorchModel
     from cyclediff.export import checkpoint, models
+    from cyclediff.export.specs import UNET, Dims, specs
 
     comps = checkpoint.load(checkpoint.resolve("tiny"))
-    dims = models.Dims.of(comps.text_encoder, comps.vae, comps.unet)
-    graph = models.graphs(comps)[models.UNET]
-    return TorchModel(graph, models.specs(dims)[models.UNET], device), (dims.text_len, dims.text_width)
+    dims = Dims.of(comps.text_encoder, comps.vae, comps.unet)
+    graph = models.graphs(comps)[UNET]
+    return TorchModel(graph, specs(dims)[UNET], device), (dims.text_len, dims.text_width)
 
 
 class NoSyncDevice(CudaGraphDevice):

@@ -41,7 +41,7 @@ def test_vae_attention_is_fused_so_large_images_fit(exports):
     snippet's 512² sample on the tiny export (latents 256²: 2 x 16 GiB of unfused scores) is planned and runs."""
     import onnx
 
-    from cyclediff.export.models import VAE_DECODER, VAE_ENCODER
+    from cyclediff.export.specs import VAE_DECODER, VAE_ENCODER
 
     engine = Engine.load(exports("tiny"), backend="onnxruntime", progress=False, max_memory="6GiB")
     for name in (VAE_ENCODER, VAE_DECODER):

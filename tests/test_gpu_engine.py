@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import sample_image
 
 from cyclediff import Engine
-from reference import sample_image
+from cyclediff.runtime.core import graph_capture
+from cyclediff.runtime.core.graph_capture import Phase
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")]
@@ -31,7 +33,17 @@ def test_cuda_graph_decoder_equals_eager(exports):
     eager = Engine.load(exports("tiny"), backend="torch", device="cuda", cuda_graphs=False, progress=False)
     code = eager.encode(sample_image(eager.manifest.sample_size), "a dog", num_inference_steps=12,
                         generator=torch.Generator().manual_seed(1))
+    failures = graph_capture.FAILURES.count
     for prompt in ("a cat", "a bird"):  # the second call replays the captured graph
         a = graph.decode(code, prompt, output_type="np").images
         b = eager.decode(code, prompt, output_type="np").images
         assert np.abs(a - b).max() <= 1e-5
+    # A capture that fails falls back to eager and gives the same images: check that the graph really ran.
+    # Every UNet call of a CUDA-graph Engine goes through the dispatcher's CapturedStep for its input signature
+    # (one here: batch 2 = [uncond, cond], one latent size); 2 decodes x 9 steps = 18 calls: 2 warm-ups, then
+    # one capture, then replays. A failed capture would leave phase EAGER, captures 0, failed True.
+    steps = list(graph.dispatcher._captured.values())
+    assert len(steps) == 1, f"expected one captured UNet signature, got {len(steps)}"
+    assert steps[0].phase is Phase.REPLAY and steps[0].captures == 1 and not steps[0].failed
+    assert graph_capture.FAILURES.count == failures, "a CUDA graph capture fell back to eager"
+    assert not eager.dispatcher._captured  # cuda_graphs=False: nothing captured, so the comparison is graph vs eager

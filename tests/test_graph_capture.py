@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.models import Dims, specs
+from cyclediff.export.specs import Dims, specs
 from cyclediff.runtime.core import ddim, graph_capture
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.graph_capture import (
@@ -70,8 +70,9 @@ def test_replay_refuses_a_changed_shape_or_dtype(bad):
     step(x=torch.zeros(3))
     step(x=torch.zeros(3))
     assert step.phase is Phase.REPLAY
-    with pytest.raises(GraphSignatureError, match="recapture_on_shape_change"):
+    with pytest.raises(GraphSignatureError, match="one CapturedStep per input signature"):
         step(x=bad)
+    assert step.phase is Phase.REPLAY and step.captures == 1  # the refused call left the capture as it was
 
 
 def test_changed_input_names_are_refused():
@@ -79,18 +80,6 @@ def test_changed_input_names_are_refused():
     step(x=torch.zeros(3))
     with pytest.raises(GraphSignatureError):
         step(y=torch.zeros(3))
-
-
-def test_shape_change_recaptures_when_enabled():
-    dev = NullGraphDevice()
-    step = CapturedStep(lambda x: x * 2, dev, CaptureConfig(warmup_calls=1, recapture_on_shape_change=True))
-    for _ in range(3):
-        step(x=torch.ones(3))
-    out = step(x=torch.ones(5))
-    assert out.shape == (5,) and step.phase is Phase.WARMUP
-    step(x=torch.ones(5))
-    assert step.captures == 2
-    assert dev.events == ["warmup", "capture", "replay", "replay", "warmup", "capture", "replay"]
 
 
 class FailingCaptureDevice(NullGraphDevice):
@@ -114,15 +103,9 @@ def test_a_failed_capture_falls_back_to_eager_for_good_with_one_warning(monkeypa
         assert step.phase is Phase.EAGER and step.captures == 0 and step.failed
     assert graph_capture.FAILURES.count == 2
     assert len(caplog.records) == 1 and "capture failed" in caplog.records[0].getMessage()
-
-
-def test_a_failed_step_stays_eager_for_a_new_shape(monkeypatch):
-    monkeypatch.setattr(graph_capture, "FAILURES", CaptureFailures())
-    dev = FailingCaptureDevice()
-    step = CapturedStep(lambda x: x + 1, dev, CaptureConfig(warmup_calls=0, recapture_on_shape_change=True))
-    step(x=torch.zeros(2))
-    assert step(x=torch.zeros(4)).tolist() == [1.0] * 4 and step.phase is Phase.EAGER
-    assert dev.events == ["capture"]
+    with pytest.raises(GraphSignatureError):  # eager or not, a step serves the one signature it started with
+        steps[0](x=torch.zeros(4))
+    assert devices[0].events == ["warmup", "capture"] and steps[0].phase is Phase.EAGER
 
 
 def test_negative_warmup_is_refused():
@@ -222,7 +205,7 @@ def test_captured_decoder_equals_host_decoder(guidance, eta):
     bufs["z"] = torch.empty(lat)
     bufs["x"].copy_(x_T)
     scale = None if guidance is None else torch.tensor(guidance, dtype=torch.float32)
-    step = DeviceDecoderStep(unet, DeviceStepTable(table, CPU), bufs, noises, scale, b)
+    step = DeviceDecoderStep(unet, DeviceStepTable(table, CPU), bufs, noises, scale)
     captured = CapturedStep(step, NullGraphDevice(), CaptureConfig(warmup_calls=1))
     for _ in range(table.num_steps):
         out = captured()

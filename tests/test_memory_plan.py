@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cyclediff.export.manifest import Manifest
-from cyclediff.export.models import Dims
+from cyclediff.export.specs import Dims
 from cyclediff.runtime.core.memory_plan import (
     ArchProfile,
     GiB,
@@ -147,7 +147,8 @@ def _rss_peak_delta(run) -> int:
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 def test_plan_bounds_a_measured_unet_call(exports):
     """The planner's UNet bytes are an upper bound of a real call's peak RSS (tiny export, onnxruntime)."""
-    from cyclediff.export.models import UNET, output_shapes, sample_inputs
+    from cyclediff.export.models import sample_inputs
+    from cyclediff.export.specs import UNET, output_shapes
     from cyclediff.runtime.core import backends
 
     folder = exports("tiny")

@@ -13,7 +13,8 @@ from cyclediff.export import integrity, ort_cache
 from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.integrity import FileGroup
 from cyclediff.export.manifest import Manifest, ManifestError
-from cyclediff.export.models import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
+from cyclediff.export.specs import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
+from cyclediff.runtime import verbosity
 
 
 def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = "fp32") -> str:
@@ -209,7 +210,8 @@ def checkpoint_graphs(manifest: Manifest, verify: str, who: str, alternative: st
     if not ref.path.exists():
         raise ManifestError(f"{who} the checkpoint at {ref.path}, which is gone; restore it or {alternative}")
     integrity.check_checkpoint(ref, manifest, verify, f"re-run `cyclediff-export` or {alternative}")
-    return models.graphs(checkpoint.load(ref))
+    with verbosity.quiet_loading():  # transformers' 'Loading weights' bar: shown with --verbose only
+        return models.graphs(checkpoint.load(ref))
 
 
 def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device,

@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterator
 _local = threading.local()
 
 
+class Cancelled(Exception):
+    """A call stopped by its caller before it finished (a cancel check raised it, or the caller stopped waiting
+    for it): nothing it would have written was written. The one cancellation error of the project."""
+
+
 @contextlib.contextmanager
 def cancel_scope(check: Callable[[], None]) -> Iterator[None]:
     """Within the block, every model call this thread makes first calls check(); what it raises stops the
@@ -23,6 +28,12 @@ def cancel_scope(check: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _local.check = previous
+
+
+def current_check() -> Callable[[], None] | None:
+    """The calling thread's check, if any: to carry it to a thread that works for this one (autograd's backward
+    thread on CUDA, which has no scope of its own)."""
+    return getattr(_local, "check", None)
 
 
 def check_cancelled() -> None:

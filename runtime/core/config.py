@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from cyclediff.runtime.core.checks import check_number
+from cyclediff.runtime.core.checks import (
+    InvalidArgument,
+    check_choice,
+    check_number,
+    check_range,
+    check_schedule_args,
+)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -31,18 +37,14 @@ class EngineConfig:
     max_memory: int | str | None = None
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_choice("backend", self.backend, BACKENDS)
+        device = self.device if isinstance(self.device, str) else ""
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise InvalidArgument("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_choice("dtype", self.dtype, DTYPES)
         check_number("max_batch", self.max_batch, integer=True, low=1)
         check_number("max_concurrency", self.max_concurrency, integer=True, low=1)
-        if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) \
-                or not 0 <= self.batch_wait_ms <= 1000:
-            raise ValueError(f"batch_wait_ms must be a number of milliseconds in [0, 1000], got "
-                             f"{self.batch_wait_ms!r}")
+        check_range("batch_wait_ms", self.batch_wait_ms, 0, 1000, open_low=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +58,15 @@ class EditParams:
     eta: float = 0.1
 
     def __post_init__(self):
-        from cyclediff.runtime.core.schedule_args import check_schedule_args
-
         check_schedule_args(self.num_inference_steps, self.strength, self.eta)
-        check_scale("guidance_scale", self.guidance_scale)
-        check_scale("source_guidance_scale", self.source_guidance_scale)
+        check_number("guidance_scale", self.guidance_scale)
+        check_number("source_guidance_scale", self.source_guidance_scale)
 
-
-def check_scale(name: str, value: float) -> None:
-    check_number(name, value)
+    @property
+    def source_scale(self) -> float:
+        """The source guidance the encoder runs: CycleDiffusionPipeline runs the source branch unguided when
+        guidance_scale <= 1, whatever source_guidance_scale says. The one place this rule lives."""
+        return self.source_guidance_scale if self.guidance_scale > 1 else 1.0
 
 
 # The diffusers defaults, and the two settings of the CycleDiffusion documentation's examples.
@@ -73,10 +75,3 @@ PRESETS: dict[str, EditParams] = {
     "paper": EditParams(strength=0.8, num_inference_steps=100, guidance_scale=2.0, eta=0.1),
     "paper-strong": EditParams(strength=0.85, num_inference_steps=100, guidance_scale=3.0, eta=0.1),
 }
-
-
-def check_output_args(output_type: str, callback_steps: int) -> None:
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
-        raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")

@@ -8,7 +8,9 @@ pays no hand-off; the leader waits for more jobs only while some other in-flight
 at most `wait_s`.
 
 Locking rule: `_cond` guards the queue, the in-flight count and the `_busy` flag; only the thread that set
-`_busy` calls the runners or touches the merge buffers and the captured graphs.
+`_busy` calls the runners or touches the merge buffers and the captured graphs. A thread inside `exclusive()`
+has set `_busy` the same way, so its model calls outside `call` (autograd through torch modules that the runners
+may share: latent-space guidance, runtime/methods/guidance/gate.py) run alone and are never merged.
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.models import UNET
+from cyclediff.export.specs import UNET
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.cancel import check_cancelled
-from cyclediff.runtime.core.checks import check_number
+from cyclediff.runtime.core.checks import check_number, check_range
 from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 
 Tensors = Mapping[str, torch.Tensor]
@@ -53,8 +55,7 @@ class BatchingConfig:
 
     def __post_init__(self):
         check_number("max_batch", self.max_batch, integer=True, low=1)
-        if not 0 <= self.wait_ms <= 1000:
-            raise ValueError(f"batch_wait_ms must be in [0, 1000] ms, got {self.wait_ms!r}")
+        check_range("batch_wait_ms", self.wait_ms, 0, 1000, open_low=False)
 
 
 class ModelDispatcher:
@@ -73,6 +74,7 @@ class ModelDispatcher:
         self._busy = False
         self._in_flight = 0
         self._local = threading.local()
+        self._exclusive_owner: int | None = None  # the thread inside exclusive(), under _cond
         # leader only; read by tests and benchmarks
         self.stats = {"unet_calls": 0, "unet_jobs": 0, "merged_calls": 0, "waits": 0}
 
@@ -97,10 +99,43 @@ class ModelDispatcher:
                     self._in_flight -= 1
                     self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The runners for the calling thread alone during the block: waits until no batch runs (as a leader
+        would), then no job runs until the block ends. For model calls made outside `call` (autograd through
+        torch modules); never merged. While waiting and holding, the caller's public call does not count as in
+        flight, so no leader waits for a job it will not queue. Not reentrant: calling `call` or `exclusive`
+        inside the block from the same thread would wait for itself forever, so it is refused."""
+        me = threading.get_ident()
+        counted = getattr(self._local, "depth", 0) > 0
+        with self._cond:
+            if self._exclusive_owner == me:
+                raise RuntimeError("ModelDispatcher.exclusive() entered again by the thread that holds it; hold "
+                                   "it once around the model calls (it is not reentrant)")
+            self._in_flight -= counted
+            self._cond.notify_all()  # a leader waiting for this call's job stops waiting
+            try:
+                while self._busy:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: count as in flight again
+                self._in_flight += counted
+                raise
+            self._busy, self._exclusive_owner = True, me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy, self._exclusive_owner = False, None
+                self._in_flight += counted
+                self._cond.notify_all()
+
     def call(self, model: str, feeds: Tensors, outputs: Tensors) -> None:
         """Run `model` on feeds into outputs; blocks until done; raises what the run raised for this job."""
         job = _Job(model, feeds, outputs, *self._merge_key(model, feeds))
         with self._cond:
+            if self._exclusive_owner == threading.get_ident():
+                raise RuntimeError(f"a {model} job submitted inside ModelDispatcher.exclusive() by the thread "
+                                   "that holds it would wait for itself; make the call outside the block")
             self._queue.append(job)
             self._cond.notify_all()
             while not job.done:

@@ -2,7 +2,8 @@
 
 `CapturedStep(fn, device)` runs `fn(**static_inputs)` eagerly for the warm-up calls, then records it into a
 graph once, then replays the graph. Per call, the caller's inputs are copied into static input buffers
-(allocated at the first call); on replay their shapes and dtypes must equal the captured ones.
+(allocated at the first call); a step serves one input signature: a call whose names, shapes, dtypes or devices
+differ from the first call's raises GraphSignatureError (callers keep one CapturedStep per signature).
 
 What replay returns are the *static output buffers* of the capture: the next replay overwrites them, so a
 caller that keeps a result must copy it out first. `fn` may also read and write other tensors of fixed address
@@ -68,7 +69,6 @@ class GraphDevice(Protocol):
 @dataclasses.dataclass(frozen=True)
 class CaptureConfig:
     warmup_calls: int = 2  # eager calls before capture: lazy inits, cuBLAS/cuDNN/TensorRT first-run work
-    recapture_on_shape_change: bool = False  # else a changed input signature raises GraphSignatureError
 
     def __post_init__(self) -> None:
         if self.warmup_calls < 0:
@@ -81,8 +81,8 @@ class CapturedStep:
         self.phase = Phase.WARMUP
         self.signature: Signature | None = None
         self.static_inputs: dict[str, torch.Tensor] = {}
-        self.captures = 0  # how many graphs were recorded (re-captures included)
-        self.failed = False  # a capture failed: eager for good, new shapes included
+        self.captures = 0  # graphs recorded: 1 once captured (a step is never re-captured)
+        self.failed = False  # the capture failed: eager for good
         self._warmups = 0
         self._graph: Any = None
 
@@ -91,7 +91,10 @@ class CapturedStep:
         if self.signature is None:
             self._start(sig, inputs)
         elif sig != self.signature:
-            self._changed(sig, inputs)
+            raise GraphSignatureError(
+                f"captured step called with {describe(sig)}, but it was set up for {describe(self.signature)} "
+                f"(phase {self.phase.value}); make one CapturedStep per input signature"
+            )
         for name, value in inputs.items():
             static = self.static_inputs[name]
             if value.data_ptr() != static.data_ptr():  # a caller may write the static buffer directly
@@ -123,16 +126,6 @@ class CapturedStep:
     def _start(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
         self.signature = sig
         self.static_inputs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in inputs.items()}
-        self.phase, self._warmups, self._graph = Phase.EAGER if self.failed else Phase.WARMUP, 0, None
-
-    def _changed(self, sig: Signature, inputs: dict[str, torch.Tensor]) -> None:
-        if not self.config.recapture_on_shape_change:
-            raise GraphSignatureError(
-                f"captured step called with {describe(sig)}, but it was {self.phase.value}ed with "
-                f"{describe(self.signature or ())}; make a new CapturedStep per shape, or set "
-                "CaptureConfig(recapture_on_shape_change=True)"
-            )
-        self._start(sig, inputs)  # drops the old graph and its buffers; warms up again
 
 
 def signature(inputs: dict[str, torch.Tensor]) -> Signature:

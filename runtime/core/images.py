@@ -55,7 +55,7 @@ def _from_pil(images: list[PIL.Image.Image], vae_scale: int) -> torch.Tensor:
     for img in images:
         if img.mode != "RGB":
             raise ImageError(f"image mode {img.mode!r} is not supported; convert it first: image.convert('RGB')")
-        w, h = _floor_size(img.width, img.height, vae_scale)
+        w, h = floor_size(img.width, img.height, vae_scale)
         # PIL returns a copy when the size is unchanged, exactly as diffusers' resize does.
         arrays.append(np.array(img.resize((w, h), resample=PIL.Image.LANCZOS)).astype(np.float32) / 255.0)
     if len({a.shape for a in arrays}) > 1:
@@ -79,7 +79,8 @@ def _from_torch(tensors: list[torch.Tensor]) -> torch.Tensor:
     return batch.detach().cpu()
 
 
-def _floor_size(width: int, height: int, vae_scale: int) -> tuple[int, int]:
+def floor_size(width: int, height: int, vae_scale: int) -> tuple[int, int]:
+    """The size the image is cut to (each side floored to a multiple of vae_scale, as diffusers), or ImageError."""
     w, h = width - width % vae_scale, height - height % vae_scale
     if w == 0 or h == 0:
         raise ImageError(f"image {width}x{height} is smaller than {vae_scale} pixels on a side; pass a larger image")
@@ -89,14 +90,19 @@ def _floor_size(width: int, height: int, vae_scale: int) -> tuple[int, int]:
 def _resize(batch: torch.Tensor, vae_scale: int) -> torch.Tensor:
     if batch.shape[1] != 3:
         raise ImageError(f"image has {batch.shape[1]} channels; pass RGB (3 channels)")
-    w, h = _floor_size(batch.shape[3], batch.shape[2], vae_scale)
+    w, h = floor_size(batch.shape[3], batch.shape[2], vae_scale)
     # diffusers always calls interpolate (default 'nearest'): identity when the size already fits.
     return torch.nn.functional.interpolate(batch.float(), size=(h, w))
 
 
 def _normalize(batch: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] (uint8 already divided by 255) -> [-1, 1]."""
     if not torch.isfinite(batch).all():
         raise ImageError("image contains NaN or infinite values")
+    if batch.numel() and batch.max() > 1:
+        # A float image in 0..255 would be taken as far out of range and edited into noise, silently.
+        raise ImageError(f"a float image must hold values in [0, 1], got values up to {float(batch.max()):g}; "
+                         "divide it by 255 (or pass it as uint8)")
     if batch.min() < 0:
         warnings.warn("image tensor in [-1, 1] is taken as already normalized (diffusers' deprecated range)",
                       FutureWarning, stacklevel=3)

@@ -48,7 +48,7 @@ class LatentCode:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save
 
-        from cyclediff.export.manifest import atomic_write_bytes
+        from cyclediff.export.atomic_files import atomic_write_bytes
 
         meta = {k: getattr(self, k) for k in ("timesteps", "num_inference_steps", "strength", "eta",
                                                "source_prompts", "source_guidance_scale", "engine_digest")}

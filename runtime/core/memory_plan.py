@@ -19,12 +19,27 @@ The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16/bf16; lat = C
   allocated at their first calls (the UNet's at the first call of a latent size), after the budget was taken, so
   they are a part of the plan.
 
+  Latent-space guidance (runtime/methods/guidance), B codes, K steps of the sampler G inside the Langevin loop,
+        g = 2 with classifier-free guidance: autograd through the fp32 torch UNet and VAE decoder (e = 4 whatever
+        the engine's dtype) keeps, per UNet sample, 4·g_unet·W_unet·h·w bytes for backward, and per image
+        4·(g_vae + 4)·W_vae·H·W (the saved tensors, plus two (2·W_vae, H, W) gradients in flight). With
+        checkpoint=True only each step's input x is kept through the forward (K·B·lat) and one step is
+        recomputed at a time, after the VAE's backward has freed its tensors:
+            K·B·lat + max(g·B·unet, B·vae) + 3·(K + 1)·B·lat (z, ∇z and the next z, noises included);
+        without it every step's activations are kept beside the VAE's: K·g·B·unet + B·vae + 3·(K + 1)·B·lat.
+        It is a method_extra of the call (beside the final decode, which runs after the loop). The energies'
+        own networks (CLIP, a classifier) are the caller's and are not planned.
+
 The weights are not in the budget: they are resident before any call (the budget is taken after loading).
 a_unet and a_vae come from peak-RSS measurements of single calls (`python benchmarks/memory.py --calls`):
 SD v1.4 architecture, CPU fp32, latent 32² and 64²: onnxruntime (fused attention) 37 and 145 MiB per UNet
 sample (a_unet 28.5-29), unfused 1116 MiB at 64² (145 + 2·512 MiB of scores: s ≈ 1.9); torch (SDPA) about
 195 MiB at 64² (a_unet ≈ 37); VAE decoder 1026 MiB (onnxruntime) and ~1.6 GiB (torch) at 512² pixels.
 The constants below round these up; smaller models (the tiny checkpoints) measure below them.
+g_unet and g_vae count the bytes autograd saves (weights excluded; the modules' weights require grad, as the
+exported graphs' do), measured with saved-tensor hooks on the SD v1.4 architecture at latent 32² and 64² (meta
+device, the fused attention kernel's saved tensors: what CPU and CUDA SDPA keep): g_unet 361 and 357, g_vae 44.5;
+the tiny checkpoint's modules measure 117 and 35.
 """
 from __future__ import annotations
 
@@ -50,7 +65,16 @@ class MemoryBudgetError(ValueError):
 
     A ValueError, as the other errors a caller fixes by changing the request (image size, prompts, steps) or a
     load argument (max_memory): the CLI prints it as one line. Not a MemoryError: nothing failed to allocate,
-    and MemoryError is what Python raises when memory already ran out."""
+    and MemoryError is what Python raises when memory already ran out.
+
+    `field` names the setting to raise, as the library spells it; a front door spells it its own way with
+    `renamed` (`--max-memory` in a CLI: `--max-memory='5GiB'` is what a shell passes as --max-memory=5GiB)."""
+
+    field = "max_memory"
+
+    def renamed(self, name: str) -> str:
+        """The message with the setting spelled `name` (e.g. "--max-memory")."""
+        return str(self).replace(self.field, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +125,10 @@ COEFFICIENTS = {
     "torch": Coefficients(unet=38, vae=12),
     "tensorrt": Coefficients(unet=38, vae=12),  # not measured (no GPU here): torch's, fp16 halves e
 }
+
+
+# Latent-space guidance: saved-for-backward (W, h, w) fp32 tensors per UNet sample and per VAE image (see above)
+GRAD_UNET, GRAD_VAE = 370, 46
 
 
 def parse_bytes(value: int | str) -> int:
@@ -271,6 +299,19 @@ class MemoryPlanner:
         pixels = 4 * b * 3 * s.latent_h * s.latent_w * 4 * self.manifest.dims.vae_scale ** 2
         return lat * latents + gt * b * self._emb_bytes() + pixels
 
+    def guidance_bytes(self, latent_h: int, latent_w: int, batch: int, steps: int, guided: bool,
+                       checkpoint: bool = True) -> int:
+        """Working bytes of latent-space guidance's Langevin loop (a CallShape.extra): `batch` codes through a
+        `steps`-step differentiable sampler, backward included (the module docstring's model)."""
+        p, f = self.profile, self.manifest.dims.vae_scale
+        lat = self._lat_bytes(latent_h, latent_w)
+        unet = (2 if guided else 1) * batch * 4 * GRAD_UNET * p.unet_width * latent_h * latent_w
+        vae = batch * 4 * (GRAD_VAE + 4) * p.vae_width * latent_h * f * latent_w * f
+        codes = 3 * (steps + 1) * batch * lat
+        if checkpoint:
+            return steps * batch * lat + max(unet, vae) + codes
+        return steps * unet + vae + codes
+
     def plan(self, s: CallShape) -> dict[str, int]:
         """Bytes of each part and the peak, for the largest chunk that fits (no check against the budget)."""
         buffers = self.buffer_bytes(s)
@@ -320,7 +361,7 @@ class MemoryPlanner:
         return MemoryBudgetError(
             f"{what} needs about {fmt_bytes(needed)} of working memory, over this Engine's budget of "
             f"{fmt_bytes(self.budget)}, even one UNet sample at a time; use a smaller image, fewer prompts or "
-            f"images per prompt, fewer steps, or a larger Engine.load(..., max_memory=...) "
+            f"images per prompt, fewer steps, or a larger max_memory budget "
             f"(e.g. max_memory='{math.ceil(needed / GiB) + 1}GiB') if the machine has it")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cyclediff.runtime.core.schedule_args import check_schedule_args
+from cyclediff.runtime.core.checks import check_schedule_args
 
 SUPPORTED_BETAS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SUPPORTED_SPACINGS = ("leading", "trailing", "linspace")

@@ -6,10 +6,9 @@ import functools
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from cyclediff.export.manifest import TOKENIZER_DIR, Manifest
-from cyclediff.export.models import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from cyclediff.export.specs import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from cyclediff.runtime.core import backends, images
 from cyclediff.runtime.core.batch import BatchPlan
 from cyclediff.runtime.core.buffers import BufferPool
@@ -17,6 +16,7 @@ from cyclediff.runtime.core.config import EngineConfig
 from cyclediff.runtime.core.dispatcher import BatchingConfig, ModelDispatcher
 from cyclediff.runtime.core.memory_plan import MemoryBudgetError, MemoryPlanner, budget_bytes
 from cyclediff.runtime.core.noise import NoiseSource
+from cyclediff.runtime.core.progress import ProgressBars
 from cyclediff.runtime.core.prompts import PromptEncoder
 from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
 from cyclediff.runtime.core.workspaces import Workspaces
@@ -25,10 +25,10 @@ from cyclediff.runtime.core.workspaces import Workspaces
 class Core:
     """What every editing method (runtime/methods/*) builds on; safe to share between threads.
 
-    Shared mutable state has three owners, each with its locking rule in its docstring: the ModelDispatcher
+    Shared mutable state has four owners, each with its locking rule in its docstring: the ModelDispatcher
     (model runners, merge buffers, CUDA graphs; concurrent compatible UNet calls are merged there), the
-    Workspaces (each in-flight call's own step buffers) and the PromptEncoder (its embedding cache). The rest
-    (manifest, config, step tables) is immutable after load.
+    Workspaces (each in-flight call's own step buffers), the PromptEncoder (its embedding cache) and the
+    ProgressBars (which call's bar is drawn). The rest (manifest, config, step tables) is immutable after load.
     """
 
     def __init__(self, folder: Path, manifest: Manifest, runners: dict, config: EngineConfig, backend: str):
@@ -47,12 +47,15 @@ class Core:
                                           limit=self._merge_limit, graphs=self._graph_device())
         self.prompts = PromptEncoder(folder / TOKENIZER_DIR, self.dispatcher.runner(TEXT_ENCODER), self.device,
                                      manifest.dims.text_states)
+        self.progress = ProgressBars(config.progress)
 
     @classmethod
     def open(cls, folder: str | Path, config: EngineConfig, verify: str, threads: int | None) -> "Core":
         """Read the manifest, check the tokenizer files, choose the backend and load every model runner."""
         if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' but no CUDA device is available to torch; use device='cpu'")
+            from cyclediff.engine.base import BackendError
+
+            raise BackendError("device='cuda' but no CUDA device is available to torch; use device='cpu'")
         folder = Path(folder)
         manifest = Manifest.load(folder, verify_files=False)
         manifest.verify_files(folder, models=())  # tokenizer files; each backend checks what it reads
@@ -138,7 +141,7 @@ class Core:
         d = self.manifest.dims
         shape = (pixels.shape[0], d.latent_channels, pixels.shape[2] // d.vae_scale, pixels.shape[3] // d.vae_scale)
         outs = {t.name: pool.get(f"vae_enc.{t.name}", shape) for t in spec_out}
-        self.dispatcher.call(VAE_ENCODER, {"image": pixels}, outs)
+        self.dispatcher.runner(VAE_ENCODER)({"image": pixels}, outs)  # the cancel check first, as every model call
         return outs["mean"], outs["std"]
 
     # ---- images out -----------------------------------------------------------------------------------
@@ -149,11 +152,12 @@ class Core:
         d = self.manifest.dims
         b, _, h, w = latents.shape
         pixels = pool.get("vae_dec.image", (b, 3, h * d.vae_scale, w * d.vae_scale))
-        self.dispatcher.call(VAE_DECODER, {"latent": latents / self.manifest.vae_scaling_factor}, {"image": pixels})
+        self.dispatcher.runner(VAE_DECODER)({"latent": latents / self.manifest.vae_scaling_factor}, {"image": pixels})
         return images.postprocess(pixels, output_type)
 
     def bar(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, disable=not self.config.progress, leave=False)
+        """`with core.bar(steps, "decode") as bar:` one call's bar (progress.py: one drawn at a time)."""
+        return self.progress.bar(total, desc)
 
     def memory_report(self) -> dict:
         """Bytes held in preallocated buffers (every workspace and the dispatcher's merge buffers), by name."""

@@ -12,9 +12,10 @@ from cyclediff.runtime.outputs import OutputSet
 PROG = "cyclediff-guide"
 
 EXAMPLE = """\
-example (tiny checkpoint, CPU, about a minute; real CLIP needs `hf download openai/clip-vit-base-patch32`):
+example (tiny checkpoint, CPU, about a minute; offline: --clip tiny is a built-in random CLIP, as in
+cyclediff-eval; the paper's needs `hf download openai/clip-vit-base-patch32`):
   cyclediff-guide --engine exports/tiny --prompt "a photo of a face" --clip-text "a person with eyeglasses" \\
-      --clip-model DIR --steps 20 --guide-steps 3 --seed 0 --strip out/strip.png --out out/guided.png
+      --clip tiny --steps 20 --guide-steps 3 --seed 0 --strip out/strip.png --out out/guided.png
 
   --start-image IMG (or 'sample') --source-prompt S starts from the image's encoding (guided editing).
   Every output location is checked before any compute; files are written only after success, atomically.
@@ -48,8 +49,10 @@ def _add_energy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP energy (classifier and identity energies need your own networks: Python API)")
     g.add_argument("--clip-text", metavar="T", help="text the image should match; without it z samples the prior")
     g.add_argument("--clip-weight", type=float, default=500.0, metavar="L", help="lambda_CLIP (default 500)")
-    g.add_argument("--clip-model", default="openai/clip-vit-base-patch32", metavar="DIR|ID",
-                   help="local CLIP folder, or a hub id in the local cache (default openai/clip-vit-base-patch32)")
+    g.add_argument("--clip", "--clip-model", dest="clip_model", default="openai/clip-vit-base-patch32",
+                   metavar="DIR|ID|tiny", help="CLIP folder, hub id in the local HF cache, or 'tiny' (a random "
+                                               "built-in one, as cyclediff-eval's; --clip-model is the old "
+                                               "spelling) (default openai/clip-vit-base-patch32)")
     g.add_argument("--clip-augment", type=int, default=8, metavar="N",
                    help="augmented copies per step (the paper uses 50; each costs one CLIP pass) (default 8)")
 
@@ -78,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except run_cli._errors() as err:
+    except run_cli.user_errors() as err:
         if args.verbose:
             traceback.print_exc()
-        print(f"{PROG}: error: {run_cli.one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {run_cli.message(err)}", file=sys.stderr)
         return 2
     return 0
 
@@ -89,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     config = _config(args)
     paths = _outputs(args)
-    files = OutputSet([p for p in paths.values() if p is not None])
-    files.check()  # every output location, before any compute
-    image = run_cli.read_image(args.start_image, "--start-image") if args.start_image else None
-    clip = _load_clip(args)
-    engine = run_cli.load_engine(args)
-    with files:
-        result, strip = _guide(engine, args, config, image, clip)
-        written = _write(files, paths, result, strip)
-    if not args.quiet:
-        print("\n".join(map(str, written)))
+
+    def read() -> tuple:
+        image = run_cli.read_image(args.start_image, "--start-image") if args.start_image else None
+        return image, _load_clip(args)
+
+    def work(engine, inputs: tuple, files: OutputSet) -> None:
+        result, strip = _guide(engine, args, config, *inputs)
+        _stage(files, paths, result, strip)
+
+    run_cli.staged_run(args, [p for p in paths.values() if p is not None], read, work)
 
 
 def _config(args: argparse.Namespace):
@@ -110,11 +113,18 @@ def _config(args: argparse.Namespace):
         config = LangevinConfig(step_size=args.step_size, n_steps=args.steps, guide_steps=args.guide_steps,
                                 noise_scale=0.0 if args.no_noise else 1.0, keep_best=args.keep_best)
     except GuidanceError as err:
-        field = str(err).split(" ", 1)[0]
+        field = getattr(err, "field", None) or "keep_best"  # the one setting checked without the number rules
         raise run_cli.CliError(f"{flags.get(field, field)}: {err}") from err
     if args.clip_weight < 0 or args.clip_augment < 1 or args.strip_every < 1 or args.decode_steps < 1:
         raise run_cli.CliError("--clip-weight must be >= 0, and --clip-augment, --strip-every and --decode-steps "
                                ">= 1")
+    if args.seed is not None:
+        from cyclediff.runtime.core.checks import InvalidArgument, check_seed
+
+        try:
+            check_seed("seed", args.seed)
+        except InvalidArgument as err:
+            raise run_cli.CliError(err.renamed("--seed")) from err
     if args.start_image and not args.source_prompt:
         raise run_cli.CliError("--start-image needs --source-prompt (the text describing that image)")
     return config
@@ -145,6 +155,7 @@ def _guide(engine, args: argparse.Namespace, config, image, clip):
     import torch
 
     from cyclediff.runtime.methods.guidance.energies import ClipEnergy
+    from cyclediff.runtime.methods.guidance.requests import GuideRequest
 
     energies = [ClipEnergy(clip, args.clip_text, args.clip_weight, args.clip_augment)] if clip is not None else []
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
@@ -155,10 +166,9 @@ def _guide(engine, args: argparse.Namespace, config, image, clip):
         start = engine.encode(image, args.source_prompt, args.strength, args.decode_steps, eta=args.eta,
                               generator=generator)
     strip: list = []
-    result = engine.guide(args.prompt, energies, start=start, height=args.height, width=args.width,
-                          num_inference_steps=args.decode_steps, guidance_scale=args.guidance_scale, eta=args.eta,
-                          generator=generator, callback=_strip_callback(strip, args), config=config)
-    return result, strip
+    request = GuideRequest(args.prompt, energies, start, config, args.height, args.width, args.decode_steps,
+                           args.guidance_scale, args.eta, generator, callback=_strip_callback(strip, args))
+    return engine.run(request), strip
 
 
 def _strip_callback(strip: list, args: argparse.Namespace):
@@ -174,7 +184,8 @@ def _strip_callback(strip: list, args: argparse.Namespace):
     return collect
 
 
-def _write(files: OutputSet, paths: dict, result, strip: list) -> list[Path]:
+def _stage(files: OutputSet, paths: dict, result, strip: list) -> None:
+    """Stage the image, the strip and the code (staged_run renames them all into place together)."""
     from cyclediff.runtime.grid import contact_sheet
 
     data = run_cli.encode_image(result.images[0], run_cli.FORMATS[paths["out"].suffix.lower()])
@@ -186,7 +197,6 @@ def _write(files: OutputSet, paths: dict, result, strip: list) -> list[Path]:
         files.stage(paths["strip"], lambda tmp: run_cli.write_bytes(tmp, sheet))
     if paths["code"] is not None:
         files.stage(paths["code"], result.code.save)
-    return files.commit()
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from cyclediff.runtime.core.checks import check_number
 
 
 class GuidanceError(ValueError):
-    """Guidance input that cannot be served (bad setting, energy, start code or backend); the message says why."""
+    """Guidance input that cannot be served (bad setting, energy, start code or backend); the message says why.
+    A bad setting's error has .field (its LangevinConfig name)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,24 +30,13 @@ class LangevinConfig:
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        if not _finite(self.step_size) or self.step_size <= 0:
-            raise GuidanceError(f"step_size must be a finite number > 0, got {self.step_size!r}")
-        if not _count(self.n_steps, 0):
-            raise GuidanceError(f"n_steps must be an integer >= 0, got {self.n_steps!r}")
-        if self.guide_steps is not None and not _count(self.guide_steps, 1):
-            raise GuidanceError(f"guide_steps must be an integer >= 1 or None, got {self.guide_steps!r}")
-        if not _finite(self.noise_scale) or self.noise_scale < 0:
-            raise GuidanceError(f"noise_scale must be a finite number >= 0, got {self.noise_scale!r}")
+        check_number("step_size", self.step_size, low=0, strict=True, error=GuidanceError)
+        check_number("n_steps", self.n_steps, integer=True, low=0, error=GuidanceError)
+        if self.guide_steps is not None:
+            check_number("guide_steps", self.guide_steps, integer=True, low=1, error=GuidanceError)
+        check_number("noise_scale", self.noise_scale, low=0, error=GuidanceError)
         if self.keep_best is not None and not isinstance(self.keep_best, str):
             raise GuidanceError(f"keep_best must be an energy name, 'total' or None, got {self.keep_best!r}")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _count(x, low: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
 def make_config(config: LangevinConfig | None, overrides: dict) -> LangevinConfig:

@@ -3,6 +3,7 @@
 Engine-free: it sees z as a tuple of tensors and the guided energy as a function, so it is tested alone."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from cyclediff.runtime.methods.guidance.config import LangevinConfig
 EnergyFn = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]]
 # (step, {"total": mean, "prior": mean, name: mean, ...}, pixels of G(z) or None) -> None
 StepCallback = Callable[[int, dict[str, float], torch.Tensor | None], None]
+# () -> a context held around each backward pass (the model gate's hold: gate.py)
+Hold = Callable[[], contextlib.AbstractContextManager]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +51,15 @@ class LangevinResult:
 
 
 def sample(latent: Latent, energy: EnergyFn | None, config: LangevinConfig, generator=None,
-           callback: StepCallback | None = None) -> LangevinResult:
-    """Run config.n_steps Langevin updates from latent.parts. energy None: the prior alone (λ = 0)."""
+           callback: StepCallback | None = None, hold: Hold = contextlib.nullcontext) -> LangevinResult:
+    """Run config.n_steps Langevin updates from latent.parts. energy None: the prior alone (λ = 0).
+    hold: entered around each backward pass (its models' recomputations run inside it)."""
     z = tuple(p.detach() for p in latent.parts)
     noise = NoiseSource(generator, 1, z[0].device)
     best = _Best(config.keep_best) if config.keep_best is not None else None
     history = []
     for step in range(config.n_steps):
-        record, metric, grads, pixels = evaluate(latent, energy, z, config.keep_best)
+        record, metric, grads, pixels = evaluate(latent, energy, z, config.keep_best, hold=hold)
         history.append(record)
         if best is not None:
             best.offer(latent, step, metric, z)
@@ -69,15 +73,19 @@ def sample(latent: Latent, energy: EnergyFn | None, config: LangevinConfig, gene
     return LangevinResult(z, tuple(history), None)
 
 
-def evaluate(latent: Latent, energy: EnergyFn | None, z, keep_best: str | None = None, grad: bool = True):
+def evaluate(latent: Latent, energy: EnergyFn | None, z, keep_best: str | None = None, grad: bool = True,
+             hold: Hold = contextlib.nullcontext):
     """E(z) = guided + prior per sample -> (batch means by name, keep_best's (B,) values or None, ∇_z E per
-    part (None without grad), pixels of G(z) or None)."""
+    part (None without grad), pixels of G(z) or None). hold: entered around the backward pass."""
     zs = tuple(p.detach().requires_grad_(grad) for p in z)
     with torch.enable_grad() if grad else torch.no_grad():
         guided, parts, pixels = energy(zs) if energy is not None else (0.0, {}, None)
         prior = latent.per_sample_sq(zs)
         total = prior + guided
-        grads = torch.autograd.grad(total.sum(), zs) if grad else None
+        grads = None
+        if grad:
+            with hold():
+                grads = torch.autograd.grad(total.sum(), zs)
     values = {"total": total.detach(), "prior": prior.detach(), **{k: v.detach() for k, v in parts.items()}}
     record = {k: float(v.mean()) for k, v in values.items()}
     metric = values[keep_best] if keep_best is not None else None

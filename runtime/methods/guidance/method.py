@@ -1,6 +1,7 @@
 """Guidance on the core: sample p(z | c) ∝ N(z; 0, I)·exp(−Σ λ_i E_i(G(z))) by Langevin, then decode z in full."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from typing import Any
@@ -8,16 +9,18 @@ from typing import Any
 import torch
 
 from cyclediff.runtime.core.batch import BatchPlan
-from cyclediff.runtime.core.config import check_output_args, check_scale
 from cyclediff.runtime.core.latent_code import LatentCode, LatentCodeError
+from cyclediff.runtime.core.memory_plan import MemoryBudgetError, fmt_bytes
+from cyclediff.runtime.core.model_gate import ModelGate
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.schedule import StepTable
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.cycle.method import CycleDiffusion
 from cyclediff.runtime.methods.guidance import langevin, torch_parts
 from cyclediff.runtime.methods.guidance.config import GuidanceError, LangevinConfig
-from cyclediff.runtime.methods.guidance.energies import Energy, check_energies
+from cyclediff.runtime.methods.guidance.energies import Energy
 from cyclediff.runtime.methods.guidance.generator import DifferentiableDecoder, GuideText
+from cyclediff.runtime.methods.guidance.requests import GuideRequest
 
 
 @dataclasses.dataclass
@@ -32,7 +35,11 @@ class GuideOutput:
 
 
 class Guidance:
-    """Stateless apart from the lazily loaded differentiable modules (guarded by a lock): one serves every thread."""
+    """Stateless apart from the lazily loaded differentiable modules (guarded by a lock): one serves every thread.
+
+    A guide call is one public call of the core (`core.call()`: a workspace, in flight, max_concurrency), admitted
+    against the memory budget before its first model call, and its differentiable model calls go through a
+    ModelGate (gate.py): the caller's cancel check before each, the dispatcher's one-at-a-time rule around them."""
 
     def __init__(self, core: Core, cycle: CycleDiffusion):
         self.core, self.cycle = core, cycle
@@ -80,46 +87,62 @@ class Guidance:
 
     def sampler(self, code: LatentCode, prompts, guidance_scale: float, guide_steps: int | None = None,
                 checkpoint: bool = True, parts: torch_parts.TorchParts | None = None,
-                dtype: torch.dtype = torch.float32) -> DifferentiableDecoder:
-        """G for this code and prompt(s): the exact decode when guide_steps is None (or the code's step count)."""
+                dtype: torch.dtype = torch.float32, gate: ModelGate | None = None) -> DifferentiableDecoder:
+        """G for this code and prompt(s): the exact decode when guide_steps is None (or the code's step count).
+        Its UNet and VAE decoder calls pass through `gate` (default: a new one on this engine's dispatcher)."""
         plan = BatchPlan.make(prompts, list(code.source_prompts), code.batch, 1)
         cond = self.core.prompts.encode(list(plan.target_prompts))
         uncond = self.core.prompts.encode([""]) if guidance_scale > 1 else None
         parts = parts or self.torch_parts()
-        return DifferentiableDecoder(parts.unet, parts.vae_decoder, self.inner_table(code, guide_steps),
-                                     GuideText(cond, uncond, float(guidance_scale)),
-                                     self.core.manifest.vae_scaling_factor, dtype, checkpoint)
+        gate = gate or ModelGate(self.core.dispatcher)
+        text = GuideText(cond, uncond, float(guidance_scale))
+        return DifferentiableDecoder(gate.wrap(parts.unet), gate.wrap(parts.vae_decoder),
+                                     self.inner_table(code, guide_steps), text, self.core.manifest.vae_scaling_factor,
+                                     dtype, checkpoint)
 
-    def guide(self, prompt, energies=(), start: LatentCode | None = None, config: LangevinConfig | None = None,
-              height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
-              guidance_scale: float = 7.5, eta: float = 0.0, generator=None, output_type: str = "pil",
-              callback=None) -> GuideOutput:
-        config = config or LangevinConfig()
-        energies = check_energies(energies)
-        self._check_args(energies, config, guidance_scale, output_type, start, height, width)
+    def guide(self, r: GuideRequest) -> GuideOutput:
+        prompt, energies, start, config, generator = r.prompt, r.energies, r.start, r.config, r.generator
+        guidance_scale = r.guidance_scale
+        self._check_start(start, r.height, r.width)
         if start is None:
             prompts = tuple(BatchPlan.make(prompt, "", 1, 1).target_prompts)
-            start = self.start_code(prompts, height, width, num_inference_steps, eta, generator)
+            start = self.start_code(prompts, r.height, r.width, r.num_inference_steps, r.eta, generator)
         if config.n_steps > 0:
             self.inner_table(start, config.guide_steps)  # refuse a mismatched guide_steps before any work
         plan = BatchPlan.make(prompt, list(start.source_prompts), start.batch, 1)
         if plan.batch != start.batch:
             raise LatentCodeError(f"{plan.batch} prompts for a start code of {start.batch} images; pass one prompt "
                                   f"or {start.batch}")
-        result = self._langevin(start, list(plan.target_prompts), energies, config, guidance_scale, generator,
-                                callback)
-        code = _with_parts(start, result.parts)
-        with self.core.call() as pool:
-            images = self.cycle.decode(pool, code, list(plan.target_prompts), guidance_scale, output_type, None,
+        with self.core.call() as pool:  # the whole call: the loop and the final decode hold one workspace
+            self._admit(start, energies, config, guidance_scale)
+            result = self._langevin(start, list(plan.target_prompts), energies, config, guidance_scale, generator,
+                                    r.callback)
+            code = _with_parts(start, result.parts)
+            images = self.cycle.decode(pool, code, list(plan.target_prompts), guidance_scale, r.output_type, None,
                                        None, None, 1)
         return GuideOutput(images, code, result.history, result.best_step)
 
-    def _check_args(self, energies, config: LangevinConfig, guidance_scale, output_type, start, height, width):
-        check_scale("guidance_scale", guidance_scale)
-        check_output_args(output_type, 1)
-        names = {e.name for e in energies} | {"total", "prior"}
-        if config.keep_best is not None and config.keep_best not in names:
-            raise GuidanceError(f"keep_best={config.keep_best!r} names no energy; choose one of {sorted(names)}")
+    def _admit(self, start: LatentCode, energies: tuple[Energy, ...], config: LangevinConfig,
+               guidance_scale: float) -> None:
+        """Refuse, before any model call, a call whose loop (backward included) or final decode cannot fit the
+        memory budget (MemoryPlanner.guidance_bytes)."""
+        core = self.core
+        decode = core.table(start.num_inference_steps, start.strength, start.eta).num_steps
+        extra = 0
+        if _active(energies, config) and config.n_steps > 0:
+            inner = self.inner_table(start, config.guide_steps).num_steps
+            extra = core.planner.guidance_bytes(*start.latent_hw, start.batch, inner, guidance_scale > 1,
+                                                config.checkpoint)
+        try:
+            core.admit(start.latent_hw, start.batch, decode, guidance_scale > 1, False, extra)
+        except MemoryBudgetError as err:
+            if not extra:
+                raise
+            raise MemoryBudgetError(f"{err}. Of it, the guidance loop keeps about {fmt_bytes(extra)} for its "
+                                    "backward pass; fewer guide_steps or checkpoint=True lower that") from err
+
+    def _check_start(self, start, height, width) -> None:
+        """A start code this export can decode, at the size asked (the request checked the rest)."""
         if start is None:
             return
         self.cycle.check_code(start)  # another export (checkpoint), a bad size, inconsistent tensors
@@ -134,11 +157,12 @@ class Guidance:
         latent = langevin.Latent((start.x_T.to(self.core.device), start.noises.to(self.core.device))
                                  if start.eta > 0 else (start.x_T.to(self.core.device),),
                                  (0, 1) if start.eta > 0 else (0,))
-        active = [e for e in energies if e.weight > 0 or e.name == config.keep_best]
-        energy = None
+        active = _active(energies, config)
+        energy, hold = None, contextlib.nullcontext
         if active and config.n_steps > 0:
-            decoder = self.sampler(start, prompts, guidance_scale, config.guide_steps, config.checkpoint)
-            energy = _energy_fn(decoder, active, _augment_rng(generator))
+            gate = ModelGate(self.core.dispatcher)
+            decoder = self.sampler(start, prompts, guidance_scale, config.guide_steps, config.checkpoint, gate=gate)
+            energy, hold = _energy_fn(decoder, active, _augment_rng(generator)), gate.hold
         with self.core.bar(config.n_steps, "guide") as bar:
             def step(i, record, pixels):
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
@@ -146,7 +170,12 @@ class Guidance:
                 if callback is not None:
                     callback(i, record, pixels)
 
-            return langevin.sample(latent, energy, config, generator, step)
+            return langevin.sample(latent, energy, config, generator, step, hold)
+
+
+def _active(energies: tuple[Energy, ...], config: LangevinConfig) -> list[Energy]:
+    """The energies G(z) is evaluated for: a positive weight, or the one keep_best watches."""
+    return [e for e in energies if e.weight > 0 or e.name == config.keep_best]
 
 
 def _energy_fn(decoder: DifferentiableDecoder, active: list[Energy], rng: torch.Generator) -> langevin.EnergyFn:

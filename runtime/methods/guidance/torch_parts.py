@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cyclediff.export.manifest import Manifest
-from cyclediff.export.models import UNET, VAE_DECODER
+from cyclediff.export.specs import UNET, VAE_DECODER
 from cyclediff.runtime.methods.guidance.config import GuidanceError
 
 
@@ -47,5 +47,8 @@ def from_checkpoint(manifest: Manifest, backend: str, device: torch.device, veri
         integrity.check_checkpoint(ref, manifest, verify, "re-run `cyclediff-export` from the current checkpoint")
     except ValueError as err:
         raise GuidanceError(f"{why}: {err}") from err
-    graphs = models.graphs(checkpoint.load(ref))
+    from cyclediff.runtime import verbosity
+
+    with verbosity.quiet_loading():  # no 'Loading weights' bar unless --verbose
+        graphs = models.graphs(checkpoint.load(ref))
     return TorchParts(graphs[UNET].to(device), graphs[VAE_DECODER].to(device))

@@ -7,13 +7,15 @@ of them (diffusers stores every step's). Numerics are the reference's; only the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core import denoise
+from cyclediff.runtime.core.model_gate import ModelGate
 from cyclediff.runtime.core.schedule import StepTable
 from cyclediff.runtime.methods.pix2pix_zero import attention_probe
 from cyclediff.runtime.methods.pix2pix_zero.attention_probe import Probe
@@ -57,11 +59,14 @@ class GuidedEditor:
     (reference_maps.py: the export's unet_attn graph on any backend); None: probes on `unet`."""
 
     def __init__(self, unet: TorchUNet, forward: ModelRunner, amount: float, trajectory: str = "lockstep",
-                 reference=None):
+                 reference=None, gate: ModelGate | None = None):
         if trajectory not in TRAJECTORIES:
             raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}")
         self.unet, self.forward, self.amount, self.trajectory = unet, forward, float(amount), trajectory
         self.reference = reference if reference is not None else ProbeMaps(unet)
+        # The torch UNet's calls (the gradient step; the reference pass without unet_attn) take the dispatcher's
+        # path through the gate: the caller's cancel check first, then alone (never beside another model call).
+        self.gate = gate
         self.peak_map_bytes = 0  # most reference-map bytes held at once (for the memory comparison)
 
     def run(self, latents: torch.Tensor, table: StepTable, text: GuidanceText, noises: torch.Tensor | None,
@@ -92,7 +97,11 @@ class GuidedEditor:
         return x
 
     def _reference_step(self, ref, i, table, coefs, text: GuidanceText, z) -> list[torch.Tensor]:
-        pred, maps = self.reference(ref.expand(text.groups, -1, -1, -1), int(table.timesteps[i]), text.embeds)
+        # The export's unet_attn graph is a dispatched runner (it checks and queues itself); the probes run the
+        # torch UNet, through the gate.
+        torch_ref = isinstance(self.reference, ProbeMaps)
+        with self._gated() if torch_ref else contextlib.nullcontext():
+            pred, maps = self.reference(ref.expand(text.groups, -1, -1, -1), int(table.timesteps[i]), text.embeds)
         _ddim(ref, pred, i, coefs, text, z)
         self.peak_map_bytes = max(self.peak_map_bytes, _nbytes(maps))
         return maps
@@ -101,7 +110,7 @@ class GuidedEditor:
         t = int(table.timesteps[i])
         x_in = x.expand(text.groups, -1, -1, -1).detach().clone().requires_grad_(True)
         probe = Probe(maps)
-        with torch.enable_grad():
+        with self._gated(), torch.enable_grad():  # forward and backward: one turn of the dispatcher
             self.unet(x_in, t, text.edit, probe)
             (grad,) = torch.autograd.grad(probe.loss, x_in)
         # One SGD step (lr = cross_attention_guidance_amount). The halves get different gradients: the second
@@ -113,18 +122,27 @@ class GuidedEditor:
         x.copy_(guided[:1])
         _ddim(x, pred, i, coefs, text, z)
 
+    @contextlib.contextmanager
+    def _gated(self) -> Iterator[None]:
+        """The caller's cancel check, then the block alone on the dispatcher (no gate: as is, for unit tests)."""
+        if self.gate is None:
+            yield
+            return
+        self.gate.check()
+        with self.gate.hold():
+            yield
+
 
 def plain_edit(forward: ModelRunner, latents: torch.Tensor, table: StepTable, text: GuidanceText,
                noises: torch.Tensor | None, progress=None) -> torch.Tensor:
     """cross_attention_guidance_amount = 0: the guided update is x − 0·∇ = x, so the edit is a plain DDIM loop
     with the edited embeddings (any backend); the reference trajectory only fed the callback."""
     x, coefs, k = latents.clone(), table.coefficients(latents.device), table.num_steps
+    sample = x.new_empty((text.groups, *x.shape[1:]))  # (g, C, h, w): x once per text group
+    pred = torch.empty_like(sample)
     for i in range(k):
-        t = float(table.timesteps[i])
-        sample = x.expand(text.groups, -1, -1, -1).contiguous()
-        pred = torch.empty_like(sample)
-        forward({"sample": sample, "timestep": torch.full((text.groups,), t, device=x.device),
-                 "encoder_hidden_states": text.edit}, {"noise_pred": pred})
+        t = torch.full((text.groups,), float(table.timesteps[i]), device=x.device)
+        denoise.predict(forward, x, sample, t, text.edit, pred)
         _ddim(x, pred, i, coefs, text, None if noises is None else noises[k + i])
         _tick(progress)
     return x
@@ -133,12 +151,8 @@ def plain_edit(forward: ModelRunner, latents: torch.Tensor, table: StepTable, te
 def _ddim(x: torch.Tensor, pred: torch.Tensor, i: int, c: dict, text: GuidanceText, z) -> None:
     """x ← DDIM step of x (1, C, h, w) with the guided prediction of pred (g, C, h, w)."""
     eps, tmp, mean = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    if text.groups == 2:
-        ddim.guide(eps, pred[:1], pred[1:], text.guidance_scale, tmp)
-    else:
-        eps.copy_(pred)
-    ddim.ddim_step(x, eps, z, c["sqrt_a"][i], c["sqrt_b"][i], c["sqrt_a_prev"][i], c["dir_coef"][i],
-                   c["sigma"][i], mean, tmp)
+    scale = text.guidance_scale if text.groups == 2 else None
+    denoise.step(x, pred, scale, z, denoise.at(c, i), eps, mean, tmp)
 
 
 def _nbytes(maps) -> int:
