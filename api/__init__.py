@@ -28,6 +28,13 @@ _EXPORTS = {
     "InversionCode": "cyclediff.runtime.methods.pix2pix_zero.code",
     "EditDirection": "cyclediff.runtime.methods.pix2pix_zero.directions",
     "cancel_scope": "cyclediff.runtime.core.cancel",
+    "Cancelled": "cyclediff.runtime.core.cancel",
+    "InvalidArgument": "cyclediff.runtime.core.checks",
+    "EditRequest": "cyclediff.runtime.core.requests",
+    "EncodeRequest": "cyclediff.runtime.core.requests",
+    "DecodeRequest": "cyclediff.runtime.core.requests",
+    "InvertRequest": "cyclediff.runtime.methods.pix2pix_zero.requests",
+    "Pix2PixZeroRequest": "cyclediff.runtime.methods.pix2pix_zero.requests",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,7 +1,6 @@
 """CLIP embeddings for the metrics, from a local folder, the local Hugging Face cache, or the built-in `tiny`."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from pathlib import Path
 
@@ -71,16 +70,9 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-@contextlib.contextmanager
 def _quiet_transformers():
-    """Hide transformers' load-time notes and progress bars (e.g. the torchvision fallback note)."""
-    from transformers.utils import logging
+    """Hide transformers' load-time notes and progress bars (e.g. the torchvision fallback note); restored after
+    the last overlapping block (export/progress.py). diffusers is left alone: importing it costs seconds."""
+    from cyclediff.export.progress import quiet_libraries
 
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        logging.enable_progress_bar()
+    return quiet_libraries(quiet=True, libraries=("transformers.utils.logging",))

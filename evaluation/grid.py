@@ -6,7 +6,10 @@ import itertools
 import math
 
 from cyclediff.eval.metric_names import METRICS
-from cyclediff.runtime.core.checks import check_number
+from cyclediff.runtime.core.checks import InvalidArgument, check_edit_steps, check_number, check_range, check_seed
+
+_AXIS_FLAGS = {"strength": "--strength values", "eta": "--eta values", "guidance_scale": "--guidance-scale values",
+               "seed": "--seed"}
 
 
 class GridError(ValueError):
@@ -33,12 +36,24 @@ class SweepGrid:
         for flag, values in (("--guidance-scale", self.guidance_scales), ("--strength", self.strengths),
                              ("--eta", self.etas), *((f"--option {k}", v) for k, v in self.options)):
             _check_axis(flag, values)
-        if not 0 < min(self.strengths) or max(self.strengths) > 1:
-            raise GridError(f"--strength values must be in (0, 1], got {list(self.strengths)}")
-        if min(self.etas) < 0:
-            raise GridError(f"--eta values must be >= 0, got {list(self.etas)}")
         for flag, n, low in (("--trials", self.trials, 1), ("--steps", self.steps, 1), ("--seed", self.seed, 0)):
             check_number(flag, n, integer=True, low=low, error=GridError)
+        self._request_rules()
+
+    def _request_rules(self) -> None:
+        """Each axis value by the Engine's own request rules, so a bad value gets the words every front door
+        gives it (the API, cyclediff-run, --jobs, the service), the flag named as this CLI spells it."""
+        try:
+            for s in self.strengths:
+                check_range("strength", s, 0, 1)
+                check_edit_steps(self.steps, s)
+            for e in self.etas:
+                check_number("eta", e, low=0)
+            for g in self.guidance_scales:
+                check_number("guidance_scale", g)
+            check_seed("seed", self.seed + self.trials - 1)  # trial t runs seed + t
+        except InvalidArgument as err:
+            raise GridError(err.renamed(_AXIS_FLAGS[err.field])) from None
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -89,5 +104,5 @@ def check_metric(name: str) -> str:
 def _check_axis(flag: str, values: tuple[float, ...]) -> None:
     if not values:
         raise GridError(f"{flag}: empty grid axis; give at least one value")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise GridError(f"{flag}: values must be finite numbers, got {list(values)}")
+    for v in values:  # the request rules' words (runtime/core/checks.py), as for every other front door
+        check_number(f"{flag} values", v, error=GridError)

@@ -13,6 +13,8 @@ import PIL.Image
 import torch
 
 from cyclediff.eval.grid import GridError, SweepGrid, product
+from cyclediff.runtime.core.config import EditParams
+from cyclediff.runtime.core.requests import DecodeRequest, EncodeRequest
 
 
 class Method(Protocol):
@@ -50,16 +52,20 @@ class CycleMethod:
 
     def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
         generators = [torch.Generator().manual_seed(s) for s in grid.seeds]
-        code = engine.encode(image, source, strength=encoding["strength"], num_inference_steps=grid.steps,
-                             source_guidance_scale=encoding["source_guidance_scale"], eta=encoding["eta"],
-                             generator=generators, num_images_per_prompt=grid.trials)
+        code = engine.run(encode_request(image, source, encoding, grid, generators))
         targets = [target] * grid.trials
 
         def decode(d: dict[str, float]) -> torch.Tensor:
-            return engine.decode(code, targets, guidance_scale=d["guidance_scale"], output_type="pt").images
+            return engine.run(DecodeRequest(code, targets, d["guidance_scale"], "pt")).images
 
         with ThreadPoolExecutor(max(1, min(len(decodings), engine.config.max_concurrency))) as pool:
             return torch.stack([x.cpu() for x in pool.map(decode, decodings)])
+
+
+def encode_request(image, source: str, encoding: dict[str, float], grid: SweepGrid, generators) -> EncodeRequest:
+    """The request of one encoding of the sweep: every trial at once (item t: generator t)."""
+    params = EditParams(encoding["strength"], grid.steps, 7.5, encoding["source_guidance_scale"], encoding["eta"])
+    return EncodeRequest(image, source, params, generators, grid.trials)
 
 
 class Pix2PixZeroMethod:

@@ -5,8 +5,8 @@ import PIL.Image
 
 from cyclediff.eval.plots import tradeoff_png
 from cyclediff.eval.selection import HEADERS, ranked
-from cyclediff.eval.sheets import candidate_label, contact_sheet
-from cyclediff.export.manifest import atomic_write_bytes
+from cyclediff.export.atomic_files import atomic_write_bytes
+from cyclediff.runtime.grid import contact_sheet
 
 
 def columns(sweep) -> list[str]:
@@ -40,4 +40,11 @@ def _sheet(sweep, t) -> PIL.Image.Image:
         with PIL.Image.open(sweep.store.root / row["image"]) as img:
             name = f"best by {HEADERS[sweep.cfg.select]}" if rank == 0 else f"#{rank + 1}"
             tiles.append((img.convert("RGB"), candidate_label(name, row, row["setting"])))
-    return contact_sheet(f"{t.source_prompt}  ->  {t.target_prompt}", tiles)
+    return contact_sheet([img for img, _ in tiles], [lines for _, lines in tiles],
+                         title=f"{t.source_prompt} -> {t.target_prompt}")
+
+
+def candidate_label(rank: str, row: dict, setting: str) -> list[str]:
+    """The lines under a candidate: its rank, setting and trial, and its metrics."""
+    return [rank, f"{setting} t={row['trial']}", f"dCLIP {float(row['dclip']):.3f} CLIP {float(row['clip']):.1f}",
+            f"PSNR {float(row['psnr']):.1f} SSIM {float(row['ssim']):.3f}"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 from pathlib import Path
 
-from cyclediff.export.manifest import atomic_write_bytes, atomic_write_text
+from cyclediff.export.atomic_files import atomic_write_bytes, atomic_write_text
 
 CONFIG = "config.json"
 FORMAT = "cyclediff.eval.run/1"
@@ -26,6 +27,42 @@ class RunDirError(ValueError):
 
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ABSENT = object()
+
+
+def config_difference(old: dict, new: dict) -> str:
+    """Only what changed, old -> new: "grid: etas [0.1, 1.0] -> [0.5]; size: 32 -> 64". Nested settings
+    (the grid, each triplet's record) are compared key by key, so an unchanged axis is never printed."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        changes = list(_changes(old.get(key, _ABSENT), new.get(key, _ABSENT), ""))
+        if changes:
+            parts.append(f"{key}: " + ", ".join(f"{path} {a} -> {b}".lstrip() for path, a, b in changes))
+    return "; ".join(parts)
+
+
+def _changes(old, new, path: str):
+    """(path below the top key, old text, new text) per differing leaf. Lists of records (the triplets) are
+    compared item by item (an added or removed one is printed whole); lists of numbers (a grid axis) are one
+    value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _changes(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{path}.{key}".lstrip("."))
+    elif _records(old) and _records(new):
+        for i, (a, b) in enumerate(itertools.zip_longest(old, new, fillvalue=_ABSENT)):
+            yield from _changes(a, b, f"{path}[{i}]")
+    elif old != new:
+        yield path, _shown(old), _shown(new)
+
+
+def _records(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _shown(value) -> str:
+    return "(none)" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
 
 
 class RunStore:
@@ -50,10 +87,10 @@ class RunStore:
             raise RunDirError(f"--out {self.root}: {CONFIG} is not a cyclediff-eval run ({record.get('format')!r})")
         if record.get("hash") == config_hash(config):
             return
-        old = record.get("config", {})
-        diffs = [f"{k}: {old.get(k)!r} then, {config.get(k)!r} now" for k in sorted(set(old) | set(config))
-                 if old.get(k) != config.get(k)]
-        raise RunDirError(f"--out {self.root} holds a sweep with other arguments ({'; '.join(diffs)}); "
+        # The new config as the stored one reads back (tuples become lists), so equal values compare equal.
+        new = json.loads(json.dumps(config))
+        difference = config_difference(record.get("config", {}), new) or "equal values, another config hash"
+        raise RunDirError(f"--out {self.root} holds a sweep with other arguments ({difference}); "
                           f"run again with the same arguments to resume it, or choose a new --out")
 
     # ---- parts: one per finished encoding --------------------------------------------------------

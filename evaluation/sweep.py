@@ -60,9 +60,11 @@ class SweepResult:
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
-    """Check everything cheap first (grid, method options, triplets, images, run folder), then load and run."""
+    """Check everything cheap first (run folder, grid, method options, triplets, images), then load and run."""
     from cyclediff.export.manifest import Manifest
+    from cyclediff.export.writable import check_writable
 
+    check_writable(cfg.out, "--out")  # a read-only --out: one line now, not a raw errno at the first write
     method = get_method(cfg.grid.method, cfg.grid.options)
     triplets = load_triplets(cfg.triplets)
     manifest = Manifest.load(cfg.engine, verify_files=False)

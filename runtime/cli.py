@@ -7,13 +7,16 @@ import io
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import PIL.features
 import PIL.Image
 import PIL.ImageOps
 
 from cyclediff.runtime import verbosity
+from cyclediff.runtime.core.checks import InvalidArgument, check_edit_steps, check_number, check_seed
 from cyclediff.runtime.core.config import BACKENDS, DTYPES, PRESETS, EditParams
 from cyclediff.runtime.methods.pix2pix_zero import cli as pix2pix_cli
 from cyclediff.runtime.outputs import OutputSet
@@ -24,6 +27,8 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # argparse dest -> EditParams field; these flags default to None so that a --preset fills only what is unset.
 PARAM_FLAGS = {"strength": "strength", "steps": "num_inference_steps", "guidance_scale": "guidance_scale",
                 "source_guidance_scale": "source_guidance_scale", "eta": "eta"}
+# Request fields whose flag is not "--" + the field with dashes.
+FIELD_FLAGS = {"num_inference_steps": "--steps"}
 
 EXAMPLE = """\
 example:
@@ -76,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "CycleDiffusionPipeline.")
     p.add_argument("--engine", required=True, metavar="DIR", help="export directory (from cyclediff-export)")
     p.add_argument("--image", metavar="IN", help=f"input image file, or '{SAMPLE}' for the bundled sample picture "
-                                                 "(resized to the engine's native size); optional with --code")
+                                                 "(resized to the engine's native size); with --code only --grid uses "
+                                                 "it, as the input tile")
     p.add_argument("--source-prompt", metavar="S", help="text describing the input image (not used with --code)")
     p.add_argument("--prompt", action="append", metavar="T",
                    help="target text; repeat for several edits of one shared encoding")
@@ -152,22 +158,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except _errors() as err:
+    except user_errors() as err:
         if args.verbose:
             traceback.print_exc()
-        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {message(err)}", file=sys.stderr)
         return 2
     return 0
 
 
-def _errors() -> tuple[type[BaseException], ...]:
-    # RuntimeError covers the project's BackendError, a missing CUDA device and out-of-memory: all are things
-    # a user fixes by changing the command, so they get a message rather than a traceback.
-    # ImportError: a backend whose package is not installed.
-    return ValueError, TypeError, OSError, RuntimeError, ImportError, PIL.Image.DecompressionBombError
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user fixes by changing the command: every project error about an input is a ValueError (a bad
+    argument, export, image, code, memory budget), a backend that cannot run here is a BackendError, a file
+    problem an OSError, too little memory torch's OutOfMemoryError. Anything else (a TypeError, a plain
+    RuntimeError) is a bug: it keeps its traceback and exit status 1, rather than looking like bad input."""
+    from cyclediff.engine.base import BackendError
+
+    found: list[type[BaseException]] = [ValueError, OSError, BackendError, PIL.Image.DecompressionBombError]
+    torch = sys.modules.get("torch")  # imported by now if the error came from it; never imported for this
+    if torch is not None:
+        found.append(torch.OutOfMemoryError)
+    return tuple(found)
 
 
-def one_line(err: BaseException) -> str:
+def message(err: BaseException) -> str:
+    """One line; an argument error names the flag the user typed (--steps, not num_inference_steps)."""
+    if isinstance(err, InvalidArgument) or hasattr(err, "renamed") and isinstance(getattr(err, "field", None), str):
+        return one_line(err.renamed(flag_of(err.field)))  # e.g. MemoryBudgetError: max_memory -> --max-memory
+    return one_line(err)
+
+
+def flag_of(field: str) -> str:
+    """The command-line spelling of a request field."""
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def one_line(err: BaseException | str) -> str:
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return text or type(err).__name__
 
@@ -176,24 +201,44 @@ def _run(args: argparse.Namespace) -> None:
     params = edit_params(args)
     _check_prompts(args)
     outputs = output_paths(args)
-    files = OutputSet(outputs.every)
-    files.check()  # every output location, before any compute
-    image = read_image(args.image) if args.image else None
-    code = _load_code(args.code) if args.code else None
-    engine = load_engine(args)
-    if args.image == SAMPLE:
-        image = fit_sample(image, engine.manifest.sample_size)
-    elif image is not None and not args.quiet:
-        warn_size(image, engine.manifest.sample_size)
-    with files:
+
+    def read() -> tuple:
+        return read_image(args.image) if args.image else None, _load_code(args.code) if args.code else None
+
+    def work(engine, inputs: tuple, files: OutputSet) -> None:
+        image, code = inputs
+        if args.image == SAMPLE:
+            image = fit_sample(image, engine.manifest.sample_size)
+        elif image is not None:
+            check_image_size(image, engine, quiet=args.quiet)
         if code is None:
-            code = encode(engine, image, args.source_prompt, params, args.seed, args.clip_skip)
+            result = engine.run(edit_request(args.prompt, args.source_prompt, image, params, args.seed,
+                                             args.clip_skip))
+            edits, code = result.images, result.code
         else:
             _note_code_flags(args)
-        edits = decode_all(engine, code, args.prompt, params.guidance_scale, args.clip_skip, bar=not args.quiet)
-        written = _write(files, outputs, image, edits, code, args)
+            edits = decode_all(engine, code, args.prompt, params.guidance_scale, args.clip_skip)
+        _stage(files, outputs, image, edits, code, args)
+
+    staged_run(args, outputs.every, read, work)
+
+
+def staged_run(args: argparse.Namespace, paths, read: Callable[[], Any],
+               work: Callable[[Any, Any, OutputSet], None]) -> list[Path]:
+    """The skeleton of every editing CLI (cyclediff-run, its --method pix2pix-zero, cyclediff-guide): every output
+    location checked before any compute, then read() the inputs, load the engine, work(engine, inputs, files)
+    computes and stages its files, which are committed together (all or nothing, the block discards them on any
+    error) and listed unless --quiet."""
+    files = OutputSet(paths)
+    files.check()
+    inputs = read()
+    engine = load_engine(args)
+    with files:
+        work(engine, inputs, files)
+        written = files.commit()
     if not args.quiet:
         print("\n".join(map(str, written)))
+    return written
 
 
 def load_engine(args: argparse.Namespace, progress: bool | None = None):
@@ -214,31 +259,34 @@ def load_engine(args: argparse.Namespace, progress: bool | None = None):
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:
-    """The preset (or diffusers' defaults) with every explicitly given flag on top; validated by EditParams."""
-    from cyclediff.runtime.core.schedule import num_edit_steps
-
+    """The preset (or diffusers' defaults) with every explicitly given flag on top, checked by the request
+    rules (runtime/core/checks.py); the other edit flags (seed, clip skip, engine sizes) by the same rules."""
     given = {field: getattr(args, dest) for dest, field in PARAM_FLAGS.items() if getattr(args, dest) is not None}
     try:
         params = dataclasses.replace(PRESETS[args.preset or "default"], **given)
-    except ValueError as err:
-        raise CliError(_name_flag(str(err))) from err
-    if num_edit_steps(params.num_inference_steps, params.strength) == 0:
-        raise CliError(f"--strength {params.strength} with --steps {params.num_inference_steps} runs zero denoising "
-                       "steps (int(steps * strength) = 0); raise --strength or --steps")
+        check_edit_steps(params.num_inference_steps, params.strength)
+        if args.seed is not None:
+            check_seed("seed", args.seed)
+        if args.clip_skip is not None:
+            check_number("clip_skip", args.clip_skip, integer=True, low=0)
+    except InvalidArgument as err:
+        raise CliError(message(err)) from err
     for flag in ("max_batch", "threads", "concurrency"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.clip_skip is not None and args.clip_skip < 0:
-        raise CliError(f"--clip-skip must be >= 0, got {args.clip_skip}")
     return params
 
 
-def _name_flag(message: str) -> str:
-    """EditParams speaks diffusers' names; prefix the flag the user actually typed."""
-    for dest, field in sorted(PARAM_FLAGS.items(), key=lambda kv: -len(kv[1])):  # longest first: no prefix clash
-        if message.startswith(field + " "):
-            return f"--{dest.replace('_', '-')}: {message}"
-    return message
+def edit_request(prompts, source_prompt: str, image, params: EditParams, seed: int | None,
+                 clip_skip: int | None):
+    """The request every CLI edit runs: one shared encoding of `image`, decoded once per target prompt."""
+    import torch
+
+    from cyclediff.runtime.core.requests import EditRequest
+
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return EditRequest(list(prompts), source_prompt, image, params, generator, clip_skip=clip_skip,
+                       one_encoding=True)
 
 
 def output_paths(args: argparse.Namespace) -> Outputs:
@@ -273,6 +321,9 @@ def _check_prompts(args: argparse.Namespace) -> None:
         raise CliError("--image is required (a file, or 'sample'), unless --code decodes a saved LatentCode")
     if args.code is None and args.source_prompt is None:
         raise CliError("--source-prompt is required: a text describing the input image")
+    if args.code is not None and args.image is not None and not args.grid:
+        raise CliError("--image is not used with --code: the saved code already holds the encoded image (only "
+                       "--grid shows --image, as the sheet's input tile); drop --image, or add --grid")
     for text in (args.source_prompt, *args.prompt):
         if text is not None and "\x00" in text:
             raise CliError("prompts must not contain NUL characters")
@@ -302,6 +353,18 @@ def fit_sample(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), resample=PIL.Image.LANCZOS)
 
 
+def check_image_size(image: PIL.Image.Image, engine, quiet: bool = False, where: str = "") -> None:
+    """Refuse a size the engine cannot take (too small, latents not a multiple of the UNet's downscale) before
+    warning about one it can take but should not (far above the checkpoint's size)."""
+    from cyclediff.runtime.core import images
+
+    f = engine.manifest.dims.vae_scale
+    w, h = images.floor_size(image.width, image.height, f)
+    engine.core.check_latent_hw(h // f, w // f)
+    if not quiet:
+        warn_size(image, engine.manifest.sample_size, where)
+
+
 def warn_size(image: PIL.Image.Image, native: int, where: str = "") -> None:
     """Attention cost grows with the square of the pixel count: a photo far above the checkpoint's size can
     need tens of GB. Say so up front (the edit still runs: the user may have the memory)."""
@@ -321,29 +384,9 @@ def _load_code(path: str):
     return LatentCode.load(path)
 
 
-def encode(engine, image: PIL.Image.Image, source_prompt: str, params: EditParams, seed: int | None,
-           clip_skip: int | None):
-    import torch
-
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    # As CycleDiffusionPipeline: with guidance_scale <= 1 the source branch runs unguided.
-    source_scale = params.source_guidance_scale if params.guidance_scale > 1 else 1.0
-    return engine.encode(image, source_prompt, strength=params.strength,
-                         num_inference_steps=params.num_inference_steps, source_guidance_scale=source_scale,
-                         eta=params.eta, generator=generator, clip_skip=clip_skip)
-
-
-def decode_all(engine, code, prompts: list[str], guidance_scale: float, clip_skip: int | None,
-               bar: bool = False) -> list[PIL.Image.Image]:
-    """Every prompt decodes the one shared code."""
-    from tqdm.auto import tqdm
-
-    edits = []
-    with tqdm(total=len(prompts), desc="prompts", disable=not bar or len(prompts) < 2) as progress:
-        for prompt in prompts:
-            edits.append(engine.decode(code, prompt, guidance_scale, "pil", clip_skip=clip_skip).images[0])
-            progress.update(1)
-    return edits
+def decode_all(engine, code, prompts: list[str], guidance_scale: float, clip_skip: int | None) -> list:
+    """Every prompt decodes the one saved code (--code)."""
+    return [engine.decode(code, prompt, guidance_scale, "pil", clip_skip=clip_skip).images[0] for prompt in prompts]
 
 
 def _note_code_flags(args: argparse.Namespace) -> None:
@@ -355,16 +398,15 @@ def _note_code_flags(args: argparse.Namespace) -> None:
         print(f"{PROG}: note: {', '.join(fixed)} ignored: the saved code fixes them", file=sys.stderr)
 
 
-def _write(files: OutputSet, outputs: Outputs, image, edits: list[PIL.Image.Image], code,
-           args: argparse.Namespace) -> list[Path]:
-    """Stage every file (images, grid, code), then rename them all into place: all or nothing."""
+def _stage(files: OutputSet, outputs: Outputs, image, edits: list[PIL.Image.Image], code,
+           args: argparse.Namespace) -> None:
+    """Stage every file (images, grid, code); staged_run renames them all into place together."""
     stage_images(files, outputs.images, edits)
     if outputs.grid is not None:
         sheet = encode_image(_sheet(image, edits, code, args), "PNG")
         files.stage(outputs.grid, lambda tmp: write_bytes(tmp, sheet))
     if outputs.code is not None:
         files.stage(outputs.code, code.save)
-    return files.commit()
 
 
 def stage_images(files: OutputSet, paths: tuple[Path, ...], edits: list[PIL.Image.Image]) -> None:

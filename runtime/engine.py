@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from cyclediff.runtime.core.batch import BatchPlan
-from cyclediff.runtime.core.config import EditParams, EngineConfig, check_output_args
+from cyclediff.runtime.core.config import EditParams, EngineConfig
 from cyclediff.runtime.core.latent_code import LatentCode
+from cyclediff.runtime.core.requests import DecodeRequest, EditRequest, EncodeRequest
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.cycle.method import CycleDiffusion
 from cyclediff.runtime.methods.guidance.method import Guidance, GuideOutput
@@ -22,33 +22,43 @@ class EditOutput:
 
     images: Any
     nsfw_content_detected: list[bool] | None = None
+    # Not in diffusers: the LatentCode an edit decoded (save it to decode again with other prompts); None for decode.
+    code: LatentCode | None = None
+
+
+# Read-only views of the core that callers and tools use (manifest, backend, device, ...): looked up on the Core,
+# never copied, so the Core stays their one owner.
+_CORE_VIEWS = frozenset({"folder", "manifest", "config", "backend", "device", "runners", "scheduler", "workspaces",
+                         "planner", "dispatcher", "prompts"})
 
 
 class Engine:
     """Safe to share between threads: every public method may run in any number of threads at once.
 
     All shared mutable state lives in the Core (runtime/core/session.py, which states the locking rules);
-    the method objects (CycleDiffusion, ...) hold nothing but a reference to it.
+    the method objects (CycleDiffusion, ...) hold nothing but a reference to it. Each public method only builds a
+    request (runtime/core/requests.py: checked once, with every front door's rules) and runs it.
     """
 
     def __init__(self, core: Core):
         self.core = core
-        # Read-only views of the core that callers and tools use (manifest, backend, device, ...).
-        self.folder, self.manifest, self.config, self.backend = core.folder, core.manifest, core.config, core.backend
-        self.device, self.runners, self.scheduler = core.device, core.runners, core.scheduler
-        self.workspaces, self.planner, self.dispatcher, self.prompts = (core.workspaces, core.planner,
-                                                                        core.dispatcher, core.prompts)
         self.cycle = CycleDiffusion(core)
         self.guidance = Guidance(core, self.cycle)
         self.pix2pix = Pix2PixZero(core)
         self.make_encoder, self.make_decoder = self.cycle.make_encoder, self.cycle.make_decoder
+
+    def __getattr__(self, name: str):
+        if name in _CORE_VIEWS:
+            return getattr(self.__dict__["core"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "auto", device: str = "cpu", max_batch: int = 16,
              progress: bool = True, dtype: str = "fp32", cuda_graphs: bool = True, verify: str = "fast",
              threads: int | None = None, max_memory: int | str | None = None, batch_wait_ms: float = 5.0,
              max_concurrency: int = 8) -> "Engine":
-        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'tensorrt'; dtype 'fp32' | 'fp16'.
+        """Open an export directory. backend: 'auto' | 'torch' | 'onnxruntime' | 'openvino' | 'tensorrt'; dtype
+        'fp32' | 'fp16' | 'bf16'.
 
         verify: 'fast' (sizes and sampled-block stamps) | 'full' (sha256 of every file). threads: intra-op
         threads (None: from the process's CPU affinity). max_memory: bytes or '12GB' (None: a safe fraction
@@ -65,20 +75,15 @@ class Engine:
                clip_skip: int | None = None) -> LatentCode:
         """The DPM-Encoder: image(s) -> LatentCode. Draws n_vae, n0, then one noise per step, as diffusers."""
         params = EditParams(strength, num_inference_steps, 7.5, source_guidance_scale, eta)
-        prepared = self.core.prepare(image)
-        plan = BatchPlan.make(source_prompt, source_prompt, prepared.tensor.shape[0], num_images_per_prompt)
-        with self.core.call() as pool:
-            return self.cycle.encode(pool, prepared, plan, params, generator, clip_skip,
-                                     guided=source_guidance_scale != 1)
+        return self.run(EncodeRequest(image, source_prompt, params, generator, num_images_per_prompt, clip_skip))
 
     def decode(self, code: LatentCode, prompt=None, guidance_scale: float = 7.5, output_type: str = "pil",
                prompt_embeds: torch.Tensor | None = None, clip_skip: int | None = None, callback=None,
                callback_steps: int = 1, return_dict: bool = True):
         """Decode a LatentCode with target prompt(s): the DDIM loop with the recorded noises, then the VAE."""
-        with self.core.call() as pool:
-            result = self.cycle.decode(pool, code, prompt, guidance_scale, output_type, prompt_embeds, clip_skip,
-                                       callback, callback_steps)
-        return EditOutput(result) if return_dict else (result, None)
+        result = self.run(DecodeRequest(code, prompt, guidance_scale, output_type, prompt_embeds, clip_skip,
+                                        callback, callback_steps))
+        return result if return_dict else (result.images, None)
 
     def edit(self, prompt, source_prompt, image=None, strength: float = 0.8, num_inference_steps: int = 50,
              guidance_scale: float = 7.5, source_guidance_scale: float = 1, num_images_per_prompt: int = 1,
@@ -87,21 +92,38 @@ class Engine:
              clip_skip: int | None = None):
         """CycleDiffusionPipeline.__call__, argument for argument: encode with the source prompt, decode with
         the target. With guidance_scale <= 1 the source is unguided (source_guidance_scale ignored), as there."""
-        if cross_attention_kwargs:
-            raise ValueError("cross_attention_kwargs (LoRA scale, attention processors) cannot change an exported "
-                             "engine; export the checkpoint with the LoRA fused instead")
         params = EditParams(strength, num_inference_steps, guidance_scale, source_guidance_scale, eta)
-        check_output_args(output_type, callback_steps)
-        prepared = self.core.prepare(image)
-        plan = BatchPlan.make(prompt, source_prompt, prepared.tensor.shape[0], num_images_per_prompt, prompt_embeds)
-        guided = guidance_scale > 1 and source_guidance_scale != 1
-        targets = list(plan.target_prompts) if plan.target_prompts is not None else None
-        embeds = prompt_embeds[list(plan.embeds_index)] if prompt_embeds is not None else None
-        with self.core.call() as pool:
-            code = self.cycle.encode(pool, prepared, plan, params, generator, clip_skip, guided, guidance_scale > 1)
-            result = self.cycle.decode(pool, code, targets, guidance_scale, output_type, embeds, clip_skip,
-                                       callback, callback_steps)
-        return EditOutput(result) if return_dict else (result, None)
+        result = self.run(EditRequest(prompt, source_prompt, image, params, generator, num_images_per_prompt,
+                                      prompt_embeds, output_type, callback, callback_steps, clip_skip,
+                                      cross_attention_kwargs=cross_attention_kwargs))
+        return result if return_dict else (result.images, None)
+
+    def edit_prompts(self, prompts, source_prompt, image, strength: float = 0.8, num_inference_steps: int = 50,
+                     guidance_scale: float = 7.5, source_guidance_scale: float = 1, eta: float = 0.1,
+                     generator=None, output_type: str = "pil", callback=None, callback_steps: int = 1,
+                     clip_skip: int | None = None) -> EditOutput:
+        """One image, several target prompts, ONE shared encoding: images[i] is prompts[i]'s edit (what the CLIs,
+        `--jobs` and the service do with a list of prompts). One prompt: exactly Engine.edit."""
+        params = EditParams(strength, num_inference_steps, guidance_scale, source_guidance_scale, eta)
+        return self.run(EditRequest(prompts, source_prompt, image, params, generator, output_type=output_type,
+                                    callback=callback, callback_steps=callback_steps, clip_skip=clip_skip,
+                                    one_encoding=True))
+
+    def run(self, request):
+        """Run a request built by any front door: EncodeRequest -> LatentCode; DecodeRequest, EditRequest
+        (runtime/core/requests.py) -> EditOutput; InvertRequest -> InversionCode, Pix2PixZeroRequest -> EditOutput
+        (runtime/methods/pix2pix_zero/requests.py); GuideRequest -> GuideOutput."""
+        from cyclediff.runtime.methods.cycle import runs
+        from cyclediff.runtime.methods.guidance.requests import GuideRequest
+        from cyclediff.runtime.methods.pix2pix_zero.requests import InvertRequest, Pix2PixZeroRequest
+
+        if isinstance(request, GuideRequest):
+            return self.guidance.guide(request)
+        if isinstance(request, InvertRequest):
+            return self.pix2pix.invert(request)
+        if isinstance(request, Pix2PixZeroRequest):
+            return EditOutput(self.pix2pix.edit(request))
+        return runs.run(self.core, self.cycle, request, EditOutput)
 
     # ---- latent-space guidance (paper Section 4.3) ---------------------------------------------------
     def guide(self, prompt, energies=(), start: LatentCode | None = None, height: int | None = None,
@@ -114,9 +136,10 @@ class Engine:
         encode) to start from, else z ~ N(0, I). langevin: LangevinConfig fields (step_size=0.05, n_steps=200,
         guide_steps=10, noise_scale=1, keep_best=None, checkpoint=True), or pass config=LangevinConfig(...)."""
         from cyclediff.runtime.methods.guidance.config import make_config
+        from cyclediff.runtime.methods.guidance.requests import GuideRequest
 
-        return self.guidance.guide(prompt, energies, start, make_config(config, langevin), height, width,
-                                   num_inference_steps, guidance_scale, eta, generator, output_type, callback)
+        return self.run(GuideRequest(prompt, energies, start, make_config(config, langevin), height, width,
+                                     num_inference_steps, guidance_scale, eta, generator, output_type, callback))
 
     # ---- Pix2Pix-Zero (runtime/methods/pix2pix_zero) ------------------------------------------------
     def invert(self, prompt=None, image=None, num_inference_steps: int = 50, guidance_scale: float = 1,
@@ -127,13 +150,15 @@ class Engine:
         """StableDiffusionPix2PixZeroPipeline.invert, argument for argument -> InversionCode (.latents, .images,
         .save). output_type=None skips decoding .images; cross_attention_guidance_amount is unused, as there."""
         from cyclediff.runtime.methods.pix2pix_zero.regularizer import RegularizerParams
+        from cyclediff.runtime.methods.pix2pix_zero.requests import InvertRequest
 
-        _no_attention_kwargs(cross_attention_kwargs)
         if latents is not None:
             raise ValueError("invert takes no latents (diffusers ignores them); pass latents as image (B, 4, h, w)")
         reg = RegularizerParams(lambda_auto_corr, lambda_kl, num_reg_steps, num_auto_corr_rolls)
-        code = self.pix2pix.invert(prompt, image, num_inference_steps, guidance_scale, generator, prompt_embeds,
-                                   output_type, callback, callback_steps, reg)
+        code = self.run(InvertRequest(
+            prompt=prompt, image=image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, prompt_embeds=prompt_embeds, output_type=output_type, callback=callback,
+            callback_steps=callback_steps, regularizer=reg, cross_attention_kwargs=cross_attention_kwargs))
         return code if return_dict else (code.latents, code.images)
 
     def edit_direction(self, source_sentences, target_sentences):
@@ -150,14 +175,17 @@ class Engine:
         """StableDiffusionPix2PixZeroPipeline.__call__, argument for argument, for one image; latents: an
         InversionCode (or tensor). The guided step needs backend='torch' (amount 0 runs anywhere). trajectory:
         'lockstep' holds one step's reference maps, 'store-all' every step's (as diffusers; same result)."""
-        _no_attention_kwargs(cross_attention_kwargs)
-        if num_images_per_prompt != 1:
-            raise ValueError("num_images_per_prompt must be 1: Pix2Pix-Zero edits one image per call")
-        result = self.pix2pix.edit(prompt, source_embeds, target_embeds, height, width, num_inference_steps,
-                                   guidance_scale, negative_prompt, eta, generator, latents, prompt_embeds,
-                                   negative_prompt_embeds, cross_attention_guidance_amount, output_type, callback,
-                                   callback_steps, clip_skip, trajectory)
-        return EditOutput(result) if return_dict else (result, None)
+        from cyclediff.runtime.methods.pix2pix_zero.requests import Pix2PixZeroRequest
+
+        result = self.run(Pix2PixZeroRequest(
+            prompt=prompt, source_embeds=source_embeds, target_embeds=target_embeds, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, amount=cross_attention_guidance_amount,
+            output_type=output_type, callback=callback, callback_steps=callback_steps, clip_skip=clip_skip,
+            trajectory=trajectory, num_images_per_prompt=num_images_per_prompt,
+            cross_attention_kwargs=cross_attention_kwargs))
+        return result if return_dict else (result.images, None)
 
     # ---- memory -------------------------------------------------------------------------------------
     def memory_report(self) -> dict:
@@ -174,9 +202,3 @@ class Engine:
         f, size = self.manifest.dims.vae_scale, self.manifest.sample_size
         steps = self.core.table(num_inference_steps, strength, 0.0).num_steps
         return self.planner.report((height or size) // f, (width or size) // f, batch, steps, guided)
-
-
-def _no_attention_kwargs(cross_attention_kwargs) -> None:
-    if cross_attention_kwargs:
-        raise ValueError("cross_attention_kwargs (LoRA scale, attention processors) cannot change an exported "
-                         "engine; export the checkpoint with the LoRA fused instead")

@@ -20,6 +20,8 @@ from typing import Any
 import PIL.Image
 
 from cyclediff.runtime import cli
+from cyclediff.runtime.core.cancel import Cancelled, cancel_scope
+from cyclediff.runtime.core.checks import InvalidArgument, check_choice, check_edit_steps, check_number, check_seed
 from cyclediff.runtime.core.config import PRESETS, EditParams
 from cyclediff.runtime.outputs import OutputSet
 
@@ -33,10 +35,6 @@ _PER_LINE_FLAGS = ("image", "source_prompt", "prompt", "out", "code", "save_code
 
 class LineError(ValueError):
     """A jobs-file line that cannot run; the message says which key and why."""
-
-
-class Cancelled(Exception):
-    """The run was interrupted before this job's files were committed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +115,8 @@ def parse_file(path: Path, defaults: dict[str, Any]) -> tuple[list[Job], list[Re
             job = parse_line(number, text, path.parent, defaults)
             _claim(job, claimed)
             jobs.append(job)
-        except (LineError, cli.CliError) as err:
-            bad.append(Result(number, _out_of(text), "bad line", error=str(err)))
+        except ValueError as err:  # LineError, CliError, OutputError (an out that cannot be written): this line's
+            bad.append(Result(number, _out_of(text), "bad line", error=cli.one_line(err)))
     if not jobs and not bad:
         raise cli.CliError(f"--jobs {path}: the file has no jobs (one JSON object per line)")
     return jobs, bad
@@ -171,32 +169,33 @@ def _prompts(value: Any) -> tuple[str, ...]:
 
 
 def _settings(value: Any) -> dict[str, Any]:
+    """The line's settings, each checked by the request rules (the names are diffusers'); the EditParams fields
+    once merged with the command line's defaults, by _params."""
     if not isinstance(value, dict):
         raise LineError(f"settings must be a JSON object, got {json.dumps(value)}")
     _known(value, SETTINGS, "setting")
-    for key, v in value.items():
-        if key in _NUMBERS and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise LineError(f"settings.{key} must be a number, got {json.dumps(v)}")
-        if key in _INTEGERS and (isinstance(v, bool) or not isinstance(v, int)):
-            raise LineError(f"settings.{key} must be an integer, got {json.dumps(v)}")
-        if key == "preset" and v not in PRESETS:
-            raise LineError(f"settings.preset must be one of {', '.join(sorted(PRESETS))}, got {json.dumps(v)}")
-    if value.get("clip_skip", 0) < 0:
-        raise LineError(f"settings.clip_skip must be >= 0, got {value['clip_skip']}")
+    try:
+        for key, v in value.items():
+            if key in (*_NUMBERS, "num_inference_steps"):
+                continue  # EditParams' own fields: _params checks them, bounds and type in one message
+            if key == "seed":
+                check_seed(key, v)
+            elif key in _INTEGERS:
+                check_number(key, v, integer=True, low=0 if key == "clip_skip" else None)
+            else:
+                check_choice(key, v, tuple(sorted(PRESETS)))
+    except InvalidArgument as err:
+        raise LineError(err.renamed(f"settings.{err.field}")) from None
     return value
 
 
 def _params(settings: dict[str, Any]) -> EditParams:
-    from cyclediff.runtime.core.schedule import num_edit_steps
-
     fields = {k: v for k, v in settings.items() if k in (*_NUMBERS, "num_inference_steps")}
     try:
         params = dataclasses.replace(PRESETS[settings.get("preset") or "default"], **fields)
-    except ValueError as err:
-        raise LineError(f"settings: {err}") from err
-    if num_edit_steps(params.num_inference_steps, params.strength) == 0:
-        raise LineError(f"settings: strength {params.strength} with num_inference_steps "
-                        f"{params.num_inference_steps} runs zero denoising steps; raise either")
+        check_edit_steps(params.num_inference_steps, params.strength)
+    except InvalidArgument as err:
+        raise LineError(err.renamed(f"settings.{err.field}")) from None
     return params
 
 
@@ -241,7 +240,8 @@ def _out_of(text: str) -> str:
 
 # ---- running --------------------------------------------------------------------------------------------------
 def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) -> list[Result]:
-    """Run the jobs `concurrency` at a time; on Ctrl-C the jobs not yet committed write nothing."""
+    """Run the jobs `concurrency` at a time. On Ctrl-C the running jobs stop at their next model call (their
+    cancel_scope sees the stop), the queued ones never start, and none of them writes a file."""
     from tqdm.auto import tqdm
 
     stop = threading.Event()
@@ -255,7 +255,9 @@ def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) 
                 _report(name, results[-1])
                 bar.update(1)
         except KeyboardInterrupt:
-            stop.set()  # jobs in flight finish their compute (it cannot be cut short) but commit nothing
+            stop.set()
+            tqdm.write(f"{cli.PROG}: interrupted; stopping the running jobs at their next model call",
+                       file=sys.stderr)
             pool.shutdown(wait=True, cancel_futures=True)
             seen = {r.line for r in results}
             for job, future in zip(jobs, futures):
@@ -268,25 +270,28 @@ def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) 
 
 def run_one(engine, job: Job, stop: threading.Event) -> Result:
     """One job, start to finish; any failure is this job's alone and leaves none of its files."""
+    def check() -> None:  # runs before every model call of this job (cancel_scope)
+        if stop.is_set():
+            raise Cancelled("the run was interrupted")
+
     start = time.perf_counter()
     files = OutputSet(job.outs)
     try:
-        with files:  # any exception out of the block discards this job's files
+        with files, cancel_scope(check):  # any exception out of the block discards this job's files
+            check()
             image = cli.read_image(job.image, what="image")
             if job.image == cli.SAMPLE:
                 image = cli.fit_sample(image, engine.manifest.sample_size)
             else:
-                cli.warn_size(image, engine.manifest.sample_size, where=f"line {job.line}: ")
-            code = cli.encode(engine, image, job.source_prompt, job.params, job.seed, job.clip_skip)
-            edits = cli.decode_all(engine, code, list(job.prompts), job.params.guidance_scale, job.clip_skip)
-            if stop.is_set():
-                raise Cancelled
-            cli.stage_images(files, job.outs, edits)
+                cli.check_image_size(image, engine, where=f"line {job.line}: ")
+            request = cli.edit_request(job.prompts, job.source_prompt, image, job.params, job.seed, job.clip_skip)
+            cli.stage_images(files, job.outs, engine.run(request).images)
+            check()
             files.commit()
     except Cancelled:
         return Result(job.line, job.out, "cancelled", time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - one job's failure, whatever it is, must not stop the others
-        return Result(job.line, job.out, "failed", time.perf_counter() - start, cli.one_line(err))
+        return Result(job.line, job.out, "failed", time.perf_counter() - start, cli.message(err))
     return Result(job.line, job.out, "ok", time.perf_counter() - start)
 
 

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cyclediff.export.manifest import NEW_FILE_MODE
+from cyclediff.export.atomic_files import NEW_FILE_MODE
 
 
 class OutputError(ValueError):

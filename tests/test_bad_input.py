@@ -8,9 +8,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from reference import sample_image
 
 from cyclediff import Engine
-from reference import sample_image
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def _edit(engine, **kw):
     (dict(image=None), "image is required"),
     (dict(image=np.zeros((32, 32, 4), np.float32)), "shape"),
     (dict(image=torch.full((3, 32, 32), float("nan"))), "NaN"),
+    (dict(image=np.full((32, 32, 3), 200.0, np.float32)), "divide it by 255"),  # float 0..255: not [0, 1]
     (dict(image=[sample_image(32), sample_image(16)]), "share a size"),
     (dict(strength=0.0), "strength"),
     (dict(strength=1.5), "strength"),
@@ -101,3 +102,42 @@ def test_callback_sees_every_nth_step(engine):
     _edit(engine, num_inference_steps=10, strength=1.0, callback=lambda i, t, x: seen.append((i, int(t), x.shape)),
           callback_steps=3)
     assert [i for i, _, _ in seen] == [0, 3, 6, 9] and seen[0][1] == 901
+
+
+# ---- the export folder and the memory budget: the fix named in words every front door can use ---------------
+def test_a_folder_without_a_manifest_names_the_whole_export_command(tmp_path):
+    from cyclediff.export.manifest import ManifestError
+
+    with pytest.raises(ManifestError) as err:
+        Engine.load(tmp_path / "nope")
+    text = str(err.value)
+    assert "not a cyclediff export (no manifest.json)" in text
+    assert f"`cyclediff-export --ckpt CKPT --out {tmp_path / 'nope'}`" in text
+
+
+def test_a_file_is_not_offered_as_an_export_folder(exports, tmp_path):
+    from cyclediff.export.manifest import ManifestError
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not an export")
+    with pytest.raises(ManifestError) as err:
+        Engine.load(weights)
+    text = str(err.value)
+    assert f"{weights} is a file, not a cyclediff export folder; --engine (Engine.load) takes the folder" in text
+    assert f"--out {weights}" not in text  # never: export into a file
+    with pytest.raises(ManifestError) as err:
+        Engine.load(exports("tiny") / "manifest.json")
+    assert str(err.value).endswith(f"takes the export folder: pass {exports('tiny')}")
+
+
+def test_the_memory_refusal_names_the_setting_neutrally(exports):
+    from cyclediff.runtime.core.memory_plan import MemoryBudgetError
+
+    engine = Engine.load(exports("tiny"), backend="onnxruntime", progress=False, max_memory="2MB")
+    with pytest.raises(MemoryBudgetError) as err:
+        engine.edit("a cat", "a dog", sample_image(engine.manifest.sample_size), num_inference_steps=5)
+    text = str(err.value)
+    assert err.value.field == "max_memory" and "Engine.load" not in text
+    assert "or a larger max_memory budget (e.g. max_memory='" in text
+    cli = err.value.renamed("--max-memory")  # what a CLI prints: a shell passes --max-memory='2GiB' as is
+    assert "or a larger --max-memory budget (e.g. --max-memory='" in cli and "max_memory" not in cli

@@ -185,3 +185,65 @@ def test_bad_input_is_refused_and_keeps_results(case, message, full_run, inputs,
     err = capsys.readouterr().err
     assert err.startswith("cyclediff-eval: error: ") and message in err, err
     assert snapshot(out) == before
+
+
+def test_other_arguments_name_only_what_changed(full_run, inputs, capsys):
+    engine, triplets = inputs
+    out, _ = full_run
+    before = snapshot(out)
+    assert main(cli(engine, triplets, out)[3:] + ["--eta", "0.5", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep with other arguments (grid: etas [0.1, 1.0] -> [0.5], steps 4 -> 5); run again" in err, err
+    assert "strengths" not in err and "guidance_scales" not in err and "triplets" not in err  # unchanged: unsaid
+    assert snapshot(out) == before
+
+
+def test_config_difference_walks_the_grid_and_the_triplets():
+    from cyclediff.eval.store import config_difference
+
+    old = {"grid": {"etas": [0.1, 1], "trials": 2}, "size": 32, "dtype": "bf16",
+           "triplets": [{"id": "a", "target": "a cat"}, {"id": "b", "target": "a dog"}]}
+    new = {"grid": {"etas": [0.1, 1], "trials": 3}, "size": 32,
+           "triplets": [{"id": "a", "target": "a cat"}, {"id": "b", "target": "a wolf"}, {"id": "c", "target": "x"}]}
+    assert config_difference(old, new) == (
+        'dtype: "bf16" -> (none); grid: trials 2 -> 3; '
+        'triplets: [1].target "a dog" -> "a wolf", [2] (none) -> {"id": "c", "target": "x"}')
+
+
+def _read_only(monkeypatch) -> None:
+    """The probe of every folder fails as on a read-only mount (as root, chmod does not stop writes); work that
+    starts anyway (reading the triplets) fails the test."""
+    import errno
+
+    from cyclediff.eval import sweep
+    from cyclediff.export import writable
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the triplets were read before --out was checked")
+
+    monkeypatch.setattr(writable.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(sweep, "load_triplets", no_work)
+
+
+def test_read_only_out_is_refused_before_any_work(inputs, tmp_path, capsys, monkeypatch):
+    engine, triplets = inputs
+    _read_only(monkeypatch)
+    assert main(cli(engine, triplets, tmp_path / "run")[3:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cyclediff-eval: error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"--out {tmp_path / 'run'} is not writable: Read-only file system" in err and "Errno" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_out_under_a_file_is_refused_in_a_real_process(inputs, tmp_path):
+    engine, triplets = inputs
+    (tmp_path / "a_file").write_text("not a folder")
+    done = subprocess.run(cli(engine, triplets, tmp_path / "a_file" / "run"), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Errno" not in done.stderr, done.stderr
+    assert done.stderr.startswith("cyclediff-eval: error: --out ") and len(done.stderr.strip().splitlines()) == 1
+    assert "above it exists and is not a folder; choose a folder path for --out" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -188,3 +188,61 @@ def test_command_line_settings_are_defaults_that_a_line_overrides(folder):
     job = jobs.parse_line(1, json.dumps(line), folder, {"num_inference_steps": 7, "eta": 0.0, "seed": 5})
     assert (job.params.num_inference_steps, job.params.eta, job.seed) == (7, 0.3, 5)
     assert job.outs == (folder / "o.png",)
+
+
+def test_an_unwritable_out_is_a_bad_line_and_the_others_run(engine_dir, folder, tmp_path, capsys):
+    """An out under a regular file cannot be written: that line is reported with its number (exit 1), the
+    other line still runs and writes its file."""
+    for name in ("house.png", "blocker"):
+        (tmp_path / name).write_bytes((folder / "house.png").read_bytes())
+    lines = [{"image": "house.png", "source_prompt": SOURCE, "prompt": "a cat", "out": "ok.png",
+              "settings": {"num_inference_steps": 4}},
+             {"image": "house.png", "source_prompt": SOURCE, "prompt": "a cat", "out": "blocker/no.png",
+              "settings": {"num_inference_steps": 4}}]
+    (tmp_path / "j.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert main(["--engine", str(engine_dir), "--jobs", str(tmp_path / "j.jsonl"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "j.jsonl line 2: " in err and "blocker" in err, err
+    assert (tmp_path / "ok.png").is_file()
+
+
+def test_ctrl_c_stops_a_running_job_at_its_next_model_call(engine_dir, folder, tmp_path, monkeypatch):
+    """Ctrl-C while a job runs: the job stops at its next model call (its cancel_scope sees the stop), the
+    queued job never starts, and neither writes a file. The first model call is held until the stop is set, so
+    exactly one model call runs: none after the interrupt."""
+    import threading
+
+    import cyclediff
+
+    engine = cyclediff.Engine.load(engine_dir, progress=False)
+    parsed = [jobs.parse_line(n, json.dumps({"image": str(folder / "house.png"), "source_prompt": SOURCE,
+                                             "prompt": "a cat", "out": str(tmp_path / f"o{n}.png"),
+                                             "settings": {"num_inference_steps": 20}}), folder, {})
+              for n in (1, 2)]
+    events: list[threading.Event] = []
+
+    class RecordedEvent(threading.Event):  # run_all's stop event, so the held call can wait for it
+        def __init__(self):
+            super().__init__()
+            events.append(self)
+
+    calls, first = [], threading.Event()
+    real = engine.dispatcher.call
+
+    def held(model, feeds, outputs):
+        calls.append(model)
+        first.set()
+        events[0].wait(60)
+        return real(model, feeds, outputs)
+
+    def interrupted(futures):
+        assert first.wait(60)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs.threading, "Event", RecordedEvent)
+    monkeypatch.setattr(engine.dispatcher, "call", held)
+    monkeypatch.setattr(jobs.concurrent.futures, "as_completed", interrupted)
+    results = jobs.run_all(engine, parsed, 1, quiet=True, name=tmp_path / "j.jsonl")
+    assert sorted((r.line, r.status) for r in results) == [(1, "cancelled"), (2, "cancelled")]
+    assert len(calls) == 1, calls
+    assert not list(tmp_path.glob("o*.png"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import sample_image
 
 from cyclediff import Engine, LatentCode, LatentCodeError
-from reference import sample_image
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import reference_edit, sample_image
 
 from cyclediff import Engine
-from reference import reference_edit, sample_image
 
 TOLERANCE = {"torch": 1e-4, "onnxruntime": 2e-3, "openvino": 2e-3}
 CASES = [

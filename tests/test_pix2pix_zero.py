@@ -173,3 +173,51 @@ def test_concurrent_with_cycle_diffusion_on_one_engine(tiny, cat):
         together = [f.result() for f in [pool.submit(p2p), pool.submit(cycle)]]
     for a, b in zip(alone, together):
         assert float((a - b).abs().max()) <= 1e-4
+
+
+def test_every_model_call_of_the_guided_edit_takes_the_cancel_check(tiny, cat, monkeypatch):
+    """The guided step calls a torch UNet directly (it needs gradients), outside the dispatcher's jobs; it still
+    runs the caller's cancel_scope check first, as every dispatched model call does (the VAE's too). In the log of
+    checks and calls, each call comes right after a check; a check that raises stops the edit there, and the engine
+    then edits as before."""
+    from cyclediff import cancel_scope
+    from cyclediff.runtime.methods.pix2pix_zero.attention_guidance import TorchUNet
+
+    direction = tiny.edit_direction(SOURCE, TARGET)
+
+    def edit():
+        return tiny.pix2pix_zero(prompt=CAPTION, source_embeds=direction.source_embeds, latents=cat,
+                                 target_embeds=direction.target_embeds, num_inference_steps=STEPS, output_type="np",
+                                 generator=torch.Generator().manual_seed(3)).images
+
+    before = edit()
+    log, real_torch, real_call = [], TorchUNet.__call__, tiny.dispatcher.call
+
+    def torch_unet(self, *args, **kw):
+        log.append("torch")
+        return real_torch(self, *args, **kw)
+
+    def dispatched(model, feeds, outputs):
+        log.append(model)
+        return real_call(model, feeds, outputs)
+
+    monkeypatch.setattr(TorchUNet, "__call__", torch_unet)
+    monkeypatch.setattr(tiny.dispatcher, "call", dispatched)
+    with cancel_scope(lambda: log.append("check")):
+        edit()
+    calls = [i for i, entry in enumerate(log) if entry != "check"]
+    assert log.count("torch") >= STEPS and all(log[i - 1] == "check" for i in calls), log
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_torch():  # raise at the first check after the first torch UNet call
+        if log.count("torch") == 1:
+            raise Stop
+
+    log.clear()
+    with pytest.raises(Stop), cancel_scope(stop_at_torch):
+        edit()
+    assert log.count("torch") == 1, log
+    monkeypatch.undo()
+    assert np.array_equal(edit(), before)

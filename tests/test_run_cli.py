@@ -207,15 +207,54 @@ def test_odd_size_message_gives_width_by_height_throughout(engine_dir, tmp_path,
 
 
 def test_threads_reach_engine_load(engine_dir, tmp_path, monkeypatch, capsys):
+    from cyclediff.engine.base import BackendError
     from cyclediff.runtime.engine import Engine
 
     seen = {}
 
     def fake_load(folder, **kw):
         seen.update(kw)
-        raise RuntimeError("stop here")
+        raise BackendError("stop here")  # a user error (exit 2); a plain RuntimeError is a bug (traceback, exit 1)
 
     monkeypatch.setattr(Engine, "load", staticmethod(fake_load))
     assert main(["--engine", str(engine_dir), *COMMON, "--prompt", "b", "--threads", "3",
                  "--out", str(tmp_path / "edit.png")]) == 2
     assert seen["threads"] == 3 and "stop here" in capsys.readouterr().err
+
+
+def test_a_sliver_image_is_refused_before_any_size_warning(engine_dir, tmp_path, capsys):
+    """A 100000x1 image: one error, that it is too small on a side; not first a warning about its area."""
+    PIL.Image.new("RGB", (100000, 1), (10, 20, 30)).save(tmp_path / "sliver.png")
+    loud = [a for a in COMMON if a != "--quiet"]  # the old warning showed only without --quiet
+    assert main(["--engine", str(engine_dir), *loud, "--image", str(tmp_path / "sliver.png"), "--prompt", "b",
+                 "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "smaller than" in err and "warning" not in err and "memory" not in err, err
+
+
+def test_code_with_an_unused_image_is_refused(runs, engine_dir, tmp_path, capsys):
+    """--code with --image (and no --grid, the one use of --image there) would silently ignore the image."""
+    code = runs / "code.safetensors"
+    assert main(["--engine", str(engine_dir), "--code", str(code), "--image", "sample", "--prompt", "b",
+                 "--quiet", "--out", str(tmp_path / "o.png")]) == 2
+    assert "--image is not used with --code" in capsys.readouterr().err
+    assert main(["--engine", str(engine_dir), "--code", str(code), "--image", "sample", "--grid", "--prompt", "b",
+                 "--quiet", "--out", str(tmp_path / "o.png")]) == 0
+
+
+def test_a_seed_torch_cannot_take_names_the_flag(engine_dir, tmp_path, capsys):
+    assert main(["--engine", str(engine_dir), *COMMON, "--seed", str(2**70), "--prompt", "b",
+                 "--out", str(tmp_path / "o.png")]) == 2
+    assert f"--seed must be in [0, 2**63), got {2**70}" in capsys.readouterr().err
+
+
+def test_a_bug_is_not_reported_as_bad_input(engine_dir, tmp_path, monkeypatch):
+    """A TypeError or a plain RuntimeError out of the engine is a bug: traceback, exit 1 (not 'error:', exit 2)."""
+    from cyclediff.runtime.engine import Engine
+
+    def broken(folder, **kw):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(Engine, "load", staticmethod(broken))
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["--engine", str(engine_dir), *COMMON, "--prompt", "b", "--out", str(tmp_path / "o.png")])

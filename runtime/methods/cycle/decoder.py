@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core import denoise
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.schedule import StepTable
 
@@ -40,7 +40,7 @@ class DdimDecoder:
         x.copy_(x_T)
         coefs = table.coefficients(x.device)
         for i in range(table.num_steps):
-            self._step(i, table, coefs, bufs, noises, text, b, g)
+            self._step(i, table, coefs, bufs, noises, text, g)
             if callback is not None and i % callback_steps == 0:
                 callback(i, table.timesteps[i], x)
             if progress is not None:
@@ -60,18 +60,7 @@ class DdimDecoder:
             "mean": get("dec.mean", lat), "tmp": get("dec.tmp", lat),
         }
 
-    def _step(self, i, table, c, bufs, noises, text, b: int, g: int) -> None:
-        x, sample = bufs["x"], bufs["sample"]
-        for j in range(g):
-            sample[j * b: (j + 1) * b].copy_(x)
+    def _step(self, i, table, c, bufs, noises, text, g: int) -> None:
         bufs["t"].fill_(float(table.timesteps[i]))
-        self.unet({"sample": sample, "timestep": bufs["t"], "encoder_hidden_states": bufs["emb"]},
-                  {"noise_pred": bufs["pred"]})
-        pred, eps = bufs["pred"], bufs["eps"]
-        if g == 2:
-            ddim.guide(eps, pred[:b], pred[b:], text.guidance_scale, bufs["tmp"])
-        else:
-            eps.copy_(pred)
         z = None if noises is None else noises[i]
-        ddim.ddim_step(x, eps, z, c["sqrt_a"][i], c["sqrt_b"][i], c["sqrt_a_prev"][i], c["dir_coef"][i],
-                       c["sigma"][i], bufs["mean"], bufs["tmp"])
+        denoise.decoder_step(self.unet, bufs, text.guidance_scale if g == 2 else None, z, denoise.at(c, i))

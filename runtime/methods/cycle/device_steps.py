@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core import denoise
 from cyclediff.runtime.core.schedule import StepTable
 
 COEFS = ("timestep", "sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma")
@@ -27,6 +27,11 @@ class StepCoefs:
     sqrt_a_prev: torch.Tensor
     dir_coef: torch.Tensor
     sigma: torch.Tensor
+
+    @property
+    def ddim(self) -> denoise.Coefs:
+        """The five coefficients of ddim.ddim_step, in its order (denoise.STEP)."""
+        return self.sqrt_a, self.sqrt_b, self.sqrt_a_prev, self.dir_coef, self.sigma
 
 
 class DeviceStepTable:
@@ -72,25 +77,15 @@ class DeviceDecoderStep:
     """
 
     def __init__(self, unet: ModelRunner, table: DeviceStepTable, bufs: dict[str, torch.Tensor],
-                 noises: torch.Tensor | None, guidance_scale: torch.Tensor | None, batch: int):
+                 noises: torch.Tensor | None, guidance_scale: torch.Tensor | None):
         self.unet, self.table, self.bufs, self.noises = unet, table, bufs, noises
-        self.scale, self.b = guidance_scale, batch
-        self.g = 1 if guidance_scale is None else 2
+        self.scale = guidance_scale  # None: unguided (one text group)
 
     def __call__(self) -> torch.Tensor:
-        bufs, b, c = self.bufs, self.b, self.table.gather()
-        x, sample, t = bufs["x"], bufs["sample"], bufs["t"]
-        for j in range(self.g):
-            sample[j * b: (j + 1) * b].copy_(x)
+        bufs, c = self.bufs, self.table.gather()
+        t = bufs["t"]
         t.copy_(c.timestep.expand(t.shape))  # (g·B,) from the 0-d device value: no host sync
-        self.unet({"sample": sample, "timestep": t, "encoder_hidden_states": bufs["emb"]},
-                  {"noise_pred": bufs["pred"]})
-        pred, eps = bufs["pred"], bufs["eps"]
-        if self.scale is not None:
-            ddim.guide(eps, pred[:b], pred[b:], self.scale, bufs["tmp"])  # scale: 0-d device tensor
-        else:
-            eps.copy_(pred)
         z = None if self.noises is None else self.table.gather_rows(self.noises, bufs["z"])
-        ddim.ddim_step(x, eps, z, c.sqrt_a, c.sqrt_b, c.sqrt_a_prev, c.dir_coef, c.sigma, bufs["mean"], bufs["tmp"])
+        denoise.decoder_step(self.unet, bufs, self.scale, z, c.ddim)  # DdimDecoder's step, the same ops
         self.table.advance()
-        return x
+        return bufs["x"]

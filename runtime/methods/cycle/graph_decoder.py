@@ -58,13 +58,13 @@ class GraphDdimDecoder(DdimDecoder):
 
     def _for(self, bufs: dict[str, torch.Tensor], key: Key, table: StepTable) -> _Captured:
         if key not in self._captured:
-            b, lat, g, k, noisy = key
+            _, lat, g, k, noisy = key
             device = self.pool.device
             bufs["z"] = self.pool.get("dec.z", lat)
             # the latents' dtype: then scale·(c − u) rounds exactly as with the host's Python float
             scale = torch.zeros((), dtype=bufs["x"].dtype, device=device) if g == 2 else None
             noises = self.pool.get("dec.noises", (k, *lat)) if noisy else None
             steps = DeviceStepTable(table, device)
-            fn = DeviceDecoderStep(self.unet, steps, bufs, noises, scale, b)
+            fn = DeviceDecoderStep(self.unet, steps, bufs, noises, scale)
             self._captured[key] = _Captured(CapturedStep(fn, self.make_device(), self.config), steps, scale, noises)
         return self._captured[key]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from cyclediff.export.models import UNET
+from cyclediff.export.specs import UNET
 from cyclediff.runtime.core import images
 from cyclediff.runtime.core.batch import BatchPlan
 from cyclediff.runtime.core.buffers import BufferPool
-from cyclediff.runtime.core.config import EditParams, check_output_args, check_scale
+from cyclediff.runtime.core.config import EditParams
 from cyclediff.runtime.core.latent_code import LatentCode, LatentCodeError
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
@@ -63,9 +63,8 @@ class CycleDiffusion:
     # ---- decode -------------------------------------------------------------------------------------
     def decode(self, pool: BufferPool, code: LatentCode, prompt, guidance_scale: float, output_type: str,
                prompt_embeds, clip_skip, callback, callback_steps: int):
-        """The DDIM loop from code.x_T with the recorded noises and the target text, then the VAE."""
-        check_scale("guidance_scale", guidance_scale)
-        check_output_args(output_type, callback_steps)
+        """The DDIM loop from code.x_T with the recorded noises and the target text, then the VAE. The scalar
+        arguments were checked by the caller's request (DecodeRequest, or guidance's own checks)."""
         self.check_code(code)
         plan = BatchPlan.make(prompt, list(code.source_prompts), code.batch, 1, prompt_embeds)
         if plan.batch != code.batch:

@@ -27,23 +27,22 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from cyclediff.runtime import cli
-    from cyclediff.runtime.outputs import OutputSet
 
     _check_flags(args)
     outputs = cli.Outputs((Path(args.out),), _grid(args), Path(args.save_code) if args.save_code else None)
-    files = OutputSet(outputs.every)
-    files.check()  # every output location, before any compute
-    banks = _sentences(args)
-    image = cli.read_image(args.image) if args.image else None
-    code = _load_code(args.code) if args.code else None
-    engine = cli.load_engine(args)
-    if args.image == cli.SAMPLE:
-        image = cli.fit_sample(image, engine.manifest.sample_size)
-    with files:
+
+    def read() -> tuple:
+        banks = _sentences(args)
+        return banks, cli.read_image(args.image) if args.image else None, _load_code(args.code) if args.code else None
+
+    def work(engine, inputs: tuple, files) -> None:
+        banks, image, code = inputs
+        if args.image == cli.SAMPLE:
+            image = cli.fit_sample(image, engine.manifest.sample_size)
         edit, code = _edit(engine, image, code, banks, args)
-        written = _write(files, outputs, image, edit, code, args)
-    if not args.quiet:
-        print("\n".join(map(str, written)))
+        _stage(files, outputs, image, edit, code, args)
+
+    cli.staged_run(args, outputs.every, read, work)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -60,8 +59,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CliError("--image is required (a file, or 'sample'), unless --code loads a saved inversion")
     if args.code is None and not (args.caption or args.source_prompt or args.caption_model):
         raise CliError("--caption is required: a text describing the input image (or --caption-model DIR)")
-    if args.cross_attention_guidance < 0:
-        raise CliError(f"--cross-attention-guidance must be >= 0, got {args.cross_attention_guidance}")
+    settings(args)  # the scalar flags, by the request rules, before any work
     if args.backend == "auto":
         args.backend = "torch"  # the guided step needs input gradients: only the torch backend has them
     elif args.backend != "torch" and args.cross_attention_guidance > 0 and not _reference_off_torch(args):
@@ -106,22 +104,47 @@ def _load_code(path: str):
     return InversionCode.load(path)
 
 
+# Request fields whose flag is not "--" + the field with dashes (the rest: runtime/cli.py's flag_of).
+_FLAGS = {"amount": "--cross-attention-guidance", "cross_attention_guidance_amount": "--cross-attention-guidance"}
+
+
+def settings(args: argparse.Namespace):
+    """The edit's scalar settings as a Pix2PixZeroRequest (no image or direction yet), checked by the request
+    rules; a bad one is a CliError naming the flag."""
+    from cyclediff.runtime import cli
+    from cyclediff.runtime.core.checks import InvalidArgument, check_seed
+    from cyclediff.runtime.methods.pix2pix_zero.requests import Pix2PixZeroRequest
+
+    try:
+        if args.seed is not None:
+            check_seed("seed", args.seed)
+        return Pix2PixZeroRequest(
+            num_inference_steps=args.steps if args.steps is not None else 50,
+            guidance_scale=args.guidance_scale if args.guidance_scale is not None else 7.5,
+            negative_prompt=args.negative_prompt, eta=args.eta if args.eta is not None else 0.0,
+            amount=args.cross_attention_guidance, clip_skip=args.clip_skip)
+    except InvalidArgument as err:
+        raise cli.CliError(cli.one_line(err.renamed(_FLAGS.get(err.field) or cli.flag_of(err.field)))) from err
+
+
 def _edit(engine, image, code, banks, args: argparse.Namespace):
     """(edited PIL image, the inversion used)."""
-    steps = args.steps if args.steps is not None else 50
+    import dataclasses
+
+    from cyclediff.runtime.methods.pix2pix_zero.requests import InvertRequest
+
+    request = settings(args)
+    steps = request.num_inference_steps
     if code is None:
-        code = engine.invert(prompt=_caption(image, args), image=image, num_inference_steps=steps,
-                             generator=_generator(args), output_type=None)
+        code = engine.run(InvertRequest(_caption(image, args), image, steps, generator=_generator(args),
+                                        output_type=None))
     elif args.steps is not None and args.steps != code.num_inference_steps and not args.quiet:
         print(f"cyclediff-run: note: editing with {steps} steps an inversion made with {code.num_inference_steps}",
               file=sys.stderr)
     direction = engine.edit_direction(*banks)
-    out = engine.pix2pix_zero(
-        prompt=code.prompt, source_embeds=direction.source_embeds, target_embeds=direction.target_embeds,
-        num_inference_steps=steps, guidance_scale=args.guidance_scale if args.guidance_scale is not None else 7.5,
-        negative_prompt=args.negative_prompt, eta=args.eta if args.eta is not None else 0.0, latents=code,
-        generator=_generator(args), clip_skip=args.clip_skip,
-        cross_attention_guidance_amount=args.cross_attention_guidance)
+    out = engine.run(dataclasses.replace(request, prompt=code.prompt, source_embeds=direction.source_embeds,
+                                         target_embeds=direction.target_embeds, latents=code,
+                                         generator=_generator(args)))
     return out.images[0], code
 
 
@@ -149,8 +172,8 @@ def _grid(args: argparse.Namespace):
     return out.with_name(f"{out.stem}_grid.png") if args.grid else None
 
 
-def _write(files, outputs, image, edit, code, args: argparse.Namespace) -> list[Path]:
-    """Stage the image, the sheet and the inversion, then rename them all into place: all or nothing."""
+def _stage(files, outputs, image, edit, code, args: argparse.Namespace) -> None:
+    """Stage the image, the sheet and the inversion (staged_run renames them all into place together)."""
     from cyclediff.runtime import cli
     from cyclediff.runtime.grid import contact_sheet
 
@@ -163,4 +186,3 @@ def _write(files, outputs, image, edit, code, args: argparse.Namespace) -> list[
         files.stage(outputs.grid, lambda tmp: cli.write_bytes(tmp, sheet))
     if outputs.code is not None:
         files.stage(outputs.code, code.save)
-    return files.commit()

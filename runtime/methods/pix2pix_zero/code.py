@@ -35,7 +35,7 @@ class InversionCode:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save
 
-        from cyclediff.export.manifest import atomic_write_bytes
+        from cyclediff.export.atomic_files import atomic_write_bytes
 
         meta = {k: getattr(self, k) for k in _META}
         tensors = {"latents": self.latents.detach().cpu().contiguous()}

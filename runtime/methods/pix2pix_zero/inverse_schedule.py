@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from cyclediff.runtime.core.schedule import ScheduleError, SchedulerConfig, check_schedule_args
+from cyclediff.runtime.core.checks import check_schedule_args
+from cyclediff.runtime.core.schedule import ScheduleError, SchedulerConfig
 
 
 @dataclasses.dataclass(frozen=True)

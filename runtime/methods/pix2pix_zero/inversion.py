@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.runtime.core import ddim
+from cyclediff.runtime.core import ddim, denoise
 from cyclediff.runtime.methods.pix2pix_zero.inverse_schedule import InverseTable
 from cyclediff.runtime.methods.pix2pix_zero.regularizer import RegularizerParams, regularize
 
@@ -22,14 +22,9 @@ def invert_latents(unet: ModelRunner, x0: torch.Tensor, table: InverseTable, emb
     sample, pred = torch.empty((g, *x.shape[1:]), device=x.device), torch.empty((g, *x.shape[1:]), device=x.device)
     eps, nxt, tmp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
     for i in range(table.num_steps):
-        t = int(table.timesteps[i])
-        sample.copy_(x.expand(g, -1, -1, -1))
-        unet({"sample": sample, "timestep": torch.full((g,), float(t), device=x.device),
-              "encoder_hidden_states": embeds}, {"noise_pred": pred})
-        if g == 2:
-            ddim.guide(eps, pred[:1], pred[1:], guidance_scale, tmp)
-        else:
-            eps.copy_(pred)
+        t = torch.full((g,), float(table.timesteps[i]), device=x.device)
+        denoise.predict(unet, x, sample, t, embeds, pred)
+        denoise.guided_eps(eps, pred, guidance_scale if g == 2 else None, tmp)
         reg_eps = regularize(eps, reg, generator)
         # x_t = sqrt(ᾱ_t)·x̂0 + sqrt(1 − ᾱ_t)·ε with x̂0 from level t − r: the DDIM mean, coefficients swapped.
         ddim.ddim_mean(nxt, x, reg_eps, table.sqrt_a_from[i], table.sqrt_b_from[i], table.sqrt_a_to[i],

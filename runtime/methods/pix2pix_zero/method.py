@@ -8,11 +8,10 @@ import torch
 
 from cyclediff.engine.base import BackendError
 from cyclediff.export.attention_maps import UNET_ATTN
-from cyclediff.export.models import UNET
+from cyclediff.export.specs import UNET
 from cyclediff.runtime.core import backends
 from cyclediff.runtime.core.batch import BatchPlan
-from cyclediff.runtime.core.checks import check_number
-from cyclediff.runtime.core.config import check_output_args, check_scale
+from cyclediff.runtime.core.model_gate import ModelGate
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.pix2pix_zero import directions, text
@@ -23,7 +22,7 @@ from cyclediff.runtime.methods.pix2pix_zero.directions import EditDirection
 from cyclediff.runtime.methods.pix2pix_zero.inverse_schedule import InverseTable
 from cyclediff.runtime.methods.pix2pix_zero.inversion import invert_latents
 from cyclediff.runtime.methods.pix2pix_zero.reference_maps import GraphMaps
-from cyclediff.runtime.methods.pix2pix_zero.regularizer import RegularizerParams
+from cyclediff.runtime.methods.pix2pix_zero.requests import InvertRequest, Pix2PixZeroRequest
 
 
 class Pix2PixZero:
@@ -45,18 +44,16 @@ class Pix2PixZero:
         return d.text_len, d.text_width
 
     # ---- invert -------------------------------------------------------------------------------------
-    def invert(self, prompt, image, num_inference_steps: int, guidance_scale: float, generator, prompt_embeds,
-               output_type: str | None, callback, callback_steps: int, reg: RegularizerParams) -> InversionCode:
+    def invert(self, r: InvertRequest) -> InversionCode:
         """Image -> InversionCode: VAE sample (one draw), then N regularized inverse DDIM steps."""
         core = self.core
-        check_scale("guidance_scale", guidance_scale)
-        check_output_args(output_type or "latent", callback_steps)
-        text.one_prompt(prompt, prompt_embeds, self.text_shape)
-        generator = _one_generator(generator)
-        table = self.inverse_table(num_inference_steps)
-        prepared = core.prepare(image)
+        text.one_prompt(r.prompt, r.prompt_embeds, self.text_shape)
+        generator = _one_generator(r.generator)
+        table = self.inverse_table(r.num_inference_steps)
+        prepared = core.prepare(r.image)
         if prepared.tensor.shape[0] != 1:
             raise ValueError(f"image holds {prepared.tensor.shape[0]} images; Pix2Pix-Zero inverts one per call")
+        prompt, prompt_embeds, guidance_scale, output_type = r.prompt, r.prompt_embeds, r.guidance_scale, r.output_type
         guided = guidance_scale > 1
         with core.call() as pool:
             core.admit(core.latent_hw(prepared), 1, table.num_steps, guided, False)
@@ -64,11 +61,11 @@ class Pix2PixZero:
                                                                                             core.device))
             embeds = text.embeddings(core.prompts, prompt, prompt_embeds, None, None, guided, None, core.device)
             with core.bar(table.num_steps, "invert") as bar:
-                x_T = invert_latents(core.dispatcher.runner(UNET), x0, table, embeds, guidance_scale, reg,
-                                     generator, callback, callback_steps, bar)
+                x_T = invert_latents(core.dispatcher.runner(UNET), x0, table, embeds, guidance_scale, r.regularizer,
+                                     generator, r.callback, r.callback_steps, bar)
             images = core.finish(pool, x_T, output_type) if output_type is not None else None
         caption = prompt if isinstance(prompt, str) else (prompt[0] if prompt is not None else "")
-        return InversionCode(x_T.clone(), caption, num_inference_steps, core.manifest.digest, images)
+        return InversionCode(x_T.clone(), caption, r.num_inference_steps, core.manifest.digest, images)
 
     # ---- directions ---------------------------------------------------------------------------------
     def edit_direction(self, source_sentences: list[str], target_sentences: list[str]) -> EditDirection:
@@ -78,33 +75,28 @@ class Pix2PixZero:
                              directions.mean_embeds(target_sentences, encode, "target"))
 
     # ---- edit ---------------------------------------------------------------------------------------
-    def edit(self, prompt, source_embeds, target_embeds, height, width, num_inference_steps: int,
-             guidance_scale: float, negative_prompt, eta: float, generator, latents, prompt_embeds,
-             negative_prompt_embeds, amount: float, output_type: str, callback, callback_steps: int, clip_skip,
-             trajectory: str = "lockstep"):
+    def edit(self, r: Pix2PixZeroRequest):
         """StableDiffusionPix2PixZeroPipeline.__call__ for one image: reference and guided trajectories from
         the same latents, the guided one with the direction added to the caption embedding."""
         core = self.core
-        check_scale("guidance_scale", guidance_scale)
-        check_output_args(output_type, callback_steps)
-        _check_amount(amount)
-        text.one_prompt(prompt, prompt_embeds, self.text_shape)
-        generator = _one_generator(generator)
-        source, target = directions.check_embeds(source_embeds, target_embeds, self.text_shape)
-        table = core.table(num_inference_steps, 1.0, eta)
+        text.one_prompt(r.prompt, r.prompt_embeds, self.text_shape)
+        generator = _one_generator(r.generator)
+        source, target = directions.check_embeds(r.source_embeds, r.target_embeds, self.text_shape)
+        guidance_scale, eta, amount, trajectory = r.guidance_scale, r.eta, r.amount, r.trajectory
+        table = core.table(r.num_inference_steps, 1.0, eta)
         # Refused before any work on a forward-only backend without the export's unet_attn graph.
         unet, reference = self._guidance_unets() if amount != 0 else (None, None)
         guided = guidance_scale > 1
         noise = NoiseSource(generator, 1, core.device)
         with core.call() as pool:
-            x_T = self._start_latents(latents, height, width, noise)
+            x_T = self._start_latents(r.latents, r.height, r.width, noise)
             extra = 0 if unet is None else guided_step_bytes(
                 unet.module.unet, 2 if guided else 1, tuple(x_T.shape[1:]), self.text_shape, unet.compute,
                 1 if trajectory == "lockstep" else table.num_steps)
             core.admit(tuple(x_T.shape[2:]), 1, table.num_steps, guided, False, extra)
             noises = _step_noises(noise, x_T, 2 * table.num_steps) if eta > 0 else None
-            embeds = text.embeddings(core.prompts, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
-                                     guided, clip_skip, core.device)
+            embeds = text.embeddings(core.prompts, r.prompt, r.prompt_embeds, r.negative_prompt,
+                                     r.negative_prompt_embeds, guided, r.clip_skip, core.device)
             edit = embeds.clone()
             edit[1:2] += directions.construct_direction(source, target).to(core.device)
             words = GuidanceText(embeds, edit, float(guidance_scale))
@@ -113,9 +105,10 @@ class Pix2PixZero:
                 if unet is None:
                     x = plain_edit(forward, x_T, table, words, noises, bar)
                 else:
-                    self.last_editor = GuidedEditor(unet, forward, amount, trajectory, reference)
-                    x = self.last_editor.run(x_T, table, words, noises, callback, callback_steps, bar)
-            return core.finish(pool, x, output_type)
+                    self.last_editor = GuidedEditor(unet, forward, amount, trajectory, reference,
+                                                    ModelGate(core.dispatcher))
+                    x = self.last_editor.run(x_T, table, words, noises, r.callback, r.callback_steps, bar)
+            return core.finish(pool, x, r.output_type)
 
     def _start_latents(self, latents, height, width, noise: NoiseSource) -> torch.Tensor:
         """(1, C, h, w) on the device: the inversion's latents, or (latents None) a fresh N(0, I) draw."""
@@ -178,10 +171,6 @@ def _step_noises(noise: NoiseSource, like: torch.Tensor, n: int) -> torch.Tensor
     for i in range(n):
         noise.randn_into(out[i])
     return out
-
-
-def _check_amount(amount: float) -> None:
-    check_number("cross_attention_guidance_amount", amount, low=0)
 
 
 def _one_generator(generator) -> torch.Generator | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.models import Dims, output_shapes
+from cyclediff.export.specs import Dims, output_shapes
 from cyclediff.runtime.methods.pix2pix_zero.attention_probe import Probe
 
 
