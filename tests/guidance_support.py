@@ -21,3 +21,26 @@ def load(folder, backend: str = "torch") -> Engine:
 
 def prior_code(engine: Engine, steps: int = 4, eta: float = 0.0, seed: int = 0, prompts=("a cat",)):
     return engine.guidance.start_code(tuple(prompts), None, None, steps, eta, torch.Generator().manual_seed(seed))
+
+
+def saved_bytes(engine: Engine, steps: int, checkpoint: bool, weights_and_views_once: bool = False) -> int:
+    """Bytes autograd keeps for backward after G's forward (tensors saved inside a checkpointed step are not kept:
+    the checkpoint recomputes them, so the hook never sees them). weights_and_views_once: weights left out and a
+    view counted as its base, once (what memory really holds); else every saved tensor at its own size."""
+    code = prior_code(engine, steps=steps, eta=0.0)
+    decoder = engine.guidance.sampler(code, "a cat", 7.5, None, checkpoint)
+    weights = {id(p) for m in (decoder.unet, decoder.vae_decoder) for p in m.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):  # returns t itself: only the counting looks at the base
+        held = t._base if weights_and_views_once and t._base is not None else t
+        if not (weights_and_views_once and id(held) in weights):
+            seen[id(held)] = held.numel() * held.element_size()
+        return t
+
+    x_T = code.x_T.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = decoder(x_T, None).sum()  # held: its graph keeps every saved tensor alive (ids stay unique)
+    total = sum(seen.values())
+    del out
+    return total

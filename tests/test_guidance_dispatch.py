@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 from fake_unet import toy_unet_spec
-from guidance_support import load, prior_code, tiny_net
+from guidance_support import load, prior_code, saved_bytes, tiny_net
 from reference import sample_image
 
 from cyclediff import Engine
@@ -294,23 +294,7 @@ def test_a_small_budget_refuses_a_guide_call_before_any_model_call(engine, expor
 
 def _saved_bytes(engine: Engine, steps: int, checkpoint: bool) -> int:
     """Bytes autograd keeps after G's forward for the backward (each saved tensor once, weights excluded)."""
-    code = prior_code(engine, steps=steps)
-    decoder = engine.guidance.sampler(code, "a cat", 7.5, None, checkpoint)
-    weights = {id(p) for m in (decoder.unet, decoder.vae_decoder) for p in m.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        base = t._base if t._base is not None else t
-        if id(base) not in weights:
-            seen[id(base)] = base.numel() * base.element_size()
-        return t
-
-    x_T = code.x_T.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = decoder(x_T, None).sum()  # held: its graph keeps every saved tensor alive (ids stay unique)
-    total = sum(seen.values())
-    del out
-    return total
+    return saved_bytes(engine, steps, checkpoint, weights_and_views_once=True)
 
 
 def test_the_guidance_term_covers_what_autograd_keeps(engine):

@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from guidance_support import load, prior_code, tiny_net
+from guidance_support import load, prior_code, saved_bytes, tiny_net
 
 from cyclediff.runtime.methods.guidance import langevin
 from cyclediff.runtime.methods.guidance.clip_loader import load_clip
@@ -101,22 +101,7 @@ def test_zero_langevin_steps_return_exactly_the_decode(engine):
 
 
 def _saved_bytes(engine, steps: int, checkpoint: bool) -> int:
-    """Bytes autograd keeps for backward after G's forward (tensors saved inside a checkpointed step are not
-    kept: the checkpoint recomputes them, so this hook never sees them)."""
-    code = prior_code(engine, steps=steps, eta=0.0)
-    decoder = engine.guidance.sampler(code, "a cat", 7.5, None, checkpoint)
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        seen[id(t)] = t.numel() * t.element_size()
-        return t
-
-    x_T = code.x_T.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = decoder(x_T, None).sum()  # held: its graph keeps every saved tensor alive (ids stay unique)
-    total = sum(seen.values())
-    del out
-    return total
+    return saved_bytes(engine, steps, checkpoint)
 
 
 def test_checkpointed_memory_does_not_grow_with_guide_steps(engine):
