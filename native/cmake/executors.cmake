@@ -15,6 +15,16 @@ if(CYCLEDIFF_WITH_TORCH)
                     OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc ERROR_QUIET)
     if(_rc EQUAL 0)
       list(APPEND CMAKE_PREFIX_PATH ${_torch_prefix})
+      # The wheel links kineto (the profiler) into libtorch_cpu, yet TorchConfig.cmake still looks for a separate
+      # libkineto and warns "library kineto not found" on every configure: point that lookup at libtorch_cpu,
+      # which is linked anyway (a library listed twice links once).
+      find_library(kineto_LIBRARY kineto PATHS "${_torch_prefix}/../../lib" NO_DEFAULT_PATH)
+      if(NOT kineto_LIBRARY)
+        find_library(_cyclediff_torch_cpu torch_cpu PATHS "${_torch_prefix}/../../lib" NO_DEFAULT_PATH)
+        if(_cyclediff_torch_cpu)
+          set(kineto_LIBRARY "${_cyclediff_torch_cpu}" CACHE FILEPATH "kineto lives in libtorch_cpu" FORCE)
+        endif()
+      endif()
     endif()
   endif()
   find_package(Torch QUIET)

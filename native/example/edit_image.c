@@ -3,10 +3,14 @@
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 static double seconds_since(const struct timespec *start) {
     struct timespec now;
@@ -15,9 +19,91 @@ static double seconds_since(const struct timespec *start) {
 }
 
 static int usage(const char *argv0) {
-    fprintf(stderr, "usage: %s EXPORT_DIR INPUT_IMAGE OUTPUT.png SOURCE_PROMPT TARGET_PROMPT [STEPS [STRENGTH [SEED]]]\n",
-            argv0);
+    fprintf(stderr, "usage: %s EXPORT_DIR INPUT_IMAGE OUTPUT.{png,jpg,bmp} SOURCE_PROMPT TARGET_PROMPT "
+                    "[STEPS [STRENGTH [SEED]]]\n", argv0);
     return 2;
+}
+
+/* The command line, checked whole before the engine loads: a typo costs nothing, never an edit's compute. */
+typedef struct {
+    int steps;
+    double strength;
+    unsigned long long seed;
+    int has_seed;
+    const char *format; /* "png" | "jpg" | "bmp", from OUTPUT's suffix */
+} options;
+
+static int bad(const char *name, const char *text, const char *expected) {
+    fprintf(stderr, "%s must be %s, got '%s'\n", name, expected, text);
+    return 2;
+}
+
+static int parse_steps(const char *text, int *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || errno || v < 1 || v > 1000) return bad("STEPS", text, "an integer in [1, 1000]");
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_strength(const char *text, double *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno || !(v > 0.0 && v <= 1.0)) return bad("STRENGTH", text, "a number in (0, 1]");
+    *out = v;
+    return 0;
+}
+
+static int parse_seed(const char *text, unsigned long long *out) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || errno || text[0] == '-' || v >= (1ULL << 63))
+        return bad("SEED", text, "an integer in [0, 2**63)");
+    *out = v;
+    return 0;
+}
+
+static const char *image_format(const char *path) {
+    const char *dot = strrchr(path, '.');
+    if (!dot || strchr(dot, '/')) return NULL;
+    if (!strcasecmp(dot, ".png")) return "png";
+    if (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg")) return "jpg";
+    if (!strcasecmp(dot, ".bmp")) return "bmp";
+    return NULL;
+}
+
+/* The folder OUTPUT goes in takes a new file: probed with a real temp file (root passes access() everywhere). */
+static int check_output_folder(const char *path) {
+    char probe[PATH_MAX];
+    if (snprintf(probe, sizeof probe, "%s.probe-XXXXXX", path) >= (int)sizeof probe) {
+        fprintf(stderr, "OUTPUT %s: the path is too long\n", path);
+        return 2;
+    }
+    int fd = mkstemp(probe);
+    if (fd < 0) {
+        fprintf(stderr, "cannot write OUTPUT %s: %s (checked before any compute); create its folder or choose "
+                        "another path\n", path, strerror(errno));
+        return 2;
+    }
+    close(fd);
+    unlink(probe);
+    return 0;
+}
+
+static int parse(int argc, char **argv, options *o) {
+    o->steps = cyclediff_params_default().num_inference_steps;
+    o->strength = cyclediff_params_default().strength;
+    o->has_seed = 0;
+    o->format = image_format(argv[3]);
+    if (!o->format) return bad("OUTPUT", argv[3], "a file name ending in .png, .jpg, .jpeg or .bmp");
+    if (argc > 6 && parse_steps(argv[6], &o->steps)) return 2;
+    if (argc > 7 && parse_strength(argv[7], &o->strength)) return 2;
+    if (argc > 8 && parse_seed(argv[8], &o->seed)) return 2;
+    o->has_seed = argc > 8;
+    return check_output_folder(argv[3]);
 }
 
 static int fail(const char *what, cyclediff_status status) {
@@ -36,11 +122,26 @@ static void crop_to_multiple(unsigned char **pixels, int *w, int *h, int multipl
     *h = ch;
 }
 
-static int run(cyclediff_engine *engine, unsigned char *pixels, int w, int h, char **argv, int argc) {
+/* Encode to a temp file beside OUTPUT, then rename it into place: never a half-written OUTPUT. */
+static int write_image(const char *path, const char *format, int w, int h, const unsigned char *rgb) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    int ok = !strcmp(format, "png")   ? stbi_write_png(tmp, w, h, 3, rgb, w * 3)
+             : !strcmp(format, "jpg") ? stbi_write_jpg(tmp, w, h, 3, rgb, 95)
+                                      : stbi_write_bmp(tmp, w, h, 3, rgb);
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        fprintf(stderr, "cannot write %s\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+static int run(cyclediff_engine *engine, unsigned char *pixels, int w, int h, char **argv, const options *o) {
     cyclediff_params params = cyclediff_params_default();
-    if (argc > 6) params.num_inference_steps = atoi(argv[6]);
-    if (argc > 7) params.strength = atof(argv[7]);
-    if (argc > 8) params.seed = strtoull(argv[8], NULL, 10);
+    params.num_inference_steps = o->steps;
+    params.strength = o->strength;
+    if (o->has_seed) params.seed = o->seed;
     size_t size = (size_t)w * h * 3 * params.num_images_per_prompt;
     unsigned char *out = malloc(size);
     if (!out) return 1;
@@ -55,18 +156,16 @@ static int run(cyclediff_engine *engine, unsigned char *pixels, int w, int h, ch
     printf("edited %dx%d \"%s\" -> \"%s\": %d steps x strength %.2f, guidance %.1f, eta %.2f, seed %llu in %.2f s\n", w,
            h, argv[4], argv[5], params.num_inference_steps, params.strength, params.guidance_scale, params.eta,
            (unsigned long long)params.seed, seconds_since(&start));
-    int ok = stbi_write_png(argv[3], w, h, 3, out, w * 3);
+    int rc = write_image(argv[3], o->format, w, h, out);
     free(out);
-    if (!ok) {
-        fprintf(stderr, "cannot write %s\n", argv[3]);
-        return 1;
-    }
-    printf("wrote %s\n", argv[3]);
-    return 0;
+    if (rc == 0) printf("wrote %s\n", argv[3]);
+    return rc;
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6) return usage(argv[0]);
+    if (argc < 6 || argc > 9) return usage(argv[0]);
+    options opts;
+    if (parse(argc, argv, &opts)) return 2;
     cyclediff_engine *engine = NULL;
     cyclediff_status s = cyclediff_engine_create(argv[1], NULL, &engine);
     if (s != CYCLEDIFF_OK) return fail("cyclediff_engine_create", s);
@@ -83,7 +182,7 @@ int main(int argc, char **argv) {
     }
     printf("read %s: %dx%d, %d channels\n", argv[2], w, h, channels);
     crop_to_multiple(&pixels, &w, &h, info.image_multiple);
-    int rc = run(engine, pixels, w, h, argv, argc);
+    int rc = run(engine, pixels, w, h, argv, &opts);
     stbi_image_free(pixels);
     cyclediff_engine_free(engine);
     return rc;
