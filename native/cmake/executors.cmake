@@ -1,4 +1,4 @@
-# executors.cmake: which executors libcyclediff gets. Sets CYCLEDIFF_EXECUTOR_{SOURCES,DEFINES,LIBRARIES}
+# executors.cmake: which executors libcyclediff gets (openvino, torch, tensorrt). Sets CYCLEDIFF_EXECUTOR_{SOURCES,DEFINES,LIBRARIES}
 # and CYCLEDIFF_ABI_DEFINES (libtorch's _GLIBCXX_USE_CXX11_ABI, shared by every C++ file that passes
 # std::string across the executor interface).
 set(CYCLEDIFF_EXECUTOR_SOURCES "")
@@ -7,6 +7,37 @@ set(CYCLEDIFF_EXECUTOR_LIBRARIES "")
 set(CYCLEDIFF_ABI_DEFINES "")
 set(CYCLEDIFF_HAVE_TORCH OFF)
 set(CYCLEDIFF_HAVE_TENSORRT OFF)
+set(CYCLEDIFF_HAVE_OPENVINO OFF)
+
+if(CYCLEDIFF_WITH_OPENVINO AND CYCLEDIFF_SANITIZE)
+  # OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the ASan runtime refuses at the first compile.
+  message(STATUS "cyclediff: openvino executor OFF (CYCLEDIFF_SANITIZE: OpenVINO's TBB loads a library with "
+                 "RTLD_DEEPBIND, which AddressSanitizer cannot run)")
+elseif(CYCLEDIFF_WITH_OPENVINO)
+  if(NOT OpenVINO_DIR AND CYCLEDIFF_PYTHON)
+    # The openvino wheel ships OpenVINO's headers, libraries and CMake config (openvino/{include,libs,cmake}).
+    execute_process(COMMAND ${CYCLEDIFF_PYTHON} -c "import openvino, os; print(os.path.dirname(openvino.__file__))"
+                    OUTPUT_VARIABLE _ov_root OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc ERROR_QUIET)
+    if(_rc EQUAL 0 AND EXISTS "${_ov_root}/cmake/OpenVINOConfig.cmake")
+      set(OpenVINO_DIR "${_ov_root}/cmake" CACHE PATH "OpenVINO's CMake config (from the openvino wheel)" FORCE)
+    endif()
+  endif()
+  find_package(OpenVINO QUIET COMPONENTS Runtime)
+  if(OpenVINO_FOUND)
+    set(CYCLEDIFF_HAVE_OPENVINO ON)
+    list(APPEND CYCLEDIFF_EXECUTOR_SOURCES native/src/openvino_executor.cpp)
+    list(APPEND CYCLEDIFF_EXECUTOR_DEFINES CYCLEDIFF_HAVE_OPENVINO)
+    list(APPEND CYCLEDIFF_EXECUTOR_LIBRARIES openvino::runtime)
+    get_target_property(_ov_lib openvino::runtime IMPORTED_LOCATION_RELEASE)
+    if(_ov_lib)
+      get_filename_component(CYCLEDIFF_OPENVINO_LIBDIR "${_ov_lib}" DIRECTORY)  # the installed RPATH names it
+    endif()
+    message(STATUS "cyclediff: openvino executor ON (OpenVINO ${OpenVINO_VERSION} from ${OpenVINO_DIR})")
+  else()
+    message(STATUS "cyclediff: openvino executor OFF (OpenVINO not found: pip install openvino into "
+                   "CYCLEDIFF_PYTHON's environment, or set OpenVINO_DIR)")
+  endif()
+endif()
 
 if(CYCLEDIFF_WITH_TORCH)
   if(NOT Torch_DIR AND CYCLEDIFF_PYTHON)

@@ -51,13 +51,16 @@ typedef struct cyclediff_params {
     double guidance_scale;         /* finite; default 7.5; <= 1 turns classifier-free guidance off */
     double source_guidance_scale;  /* finite; default 1 */
     double eta;                    /* finite, >= 0; default 0.1 */
-    uint64_t seed;                 /* default 0; torch executor: the draws of torch.Generator().manual_seed(seed) */
+    uint64_t seed;                 /* default 0; torch executor: the draws of torch.Generator().manual_seed(seed);
+                                      openvino, tensorrt: a portable generator (pass cyclediff_draws for Python's) */
     int32_t num_images_per_prompt; /* >= 1; default 1 */
     int32_t clip_skip;             /* -1 (default) = none; else 0 .. text_states - 2 */
 } cyclediff_params;
 
 typedef struct cyclediff_engine_options {
-    const char *executor;  /* "auto" (default), "torch" or "tensorrt" */
+    const char *executor;  /* "auto" (default), "openvino", "torch" or "tensorrt". auto: tensorrt where it is
+                              compiled in, a CUDA device is present and the export has plans; else openvino (CPU,
+                              fp32) where compiled in; else torch */
     int32_t max_batch;     /* largest UNet batch the encoder sends; default 16 */
     int32_t num_threads;   /* CPU threads of the executor; 0 (default) = its own default */
     int32_t verify_hashes; /* 1 (default): check the sha256 of every file read; 0: only that they exist */
@@ -69,7 +72,7 @@ typedef struct cyclediff_engine_info {
     int32_t latent_channels; /* 4 */
     int32_t text_states;     /* text encoder layers + 1 */
     int32_t sample_size;     /* the checkpoint's native image side (512 for SD v1) */
-    const char *executor;    /* "torch" | "tensorrt"; owned by the engine */
+    const char *executor;    /* "openvino" | "torch" | "tensorrt"; owned by the engine */
     const char *digest;      /* identity of the export (sha256 hex); owned by the engine */
 } cyclediff_engine_info;
 

@@ -1,4 +1,4 @@
-// executor.h: the interface every model runner implements (libtorch, TensorRT, test stubs).
+// executor.h: the interface every model runner implements (OpenVINO, libtorch, TensorRT, test stubs).
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,7 @@
 namespace cyclediff {
 
 struct ExecutorOptions {
-    std::string name = "auto";  // auto | torch | tensorrt (| stub in the test build)
+    std::string name = "auto";  // auto | openvino | torch | tensorrt (| stub in the test build)
     int num_threads = 0;        // 0: the executor's default
     bool verify_hashes = true;
 };

@@ -77,12 +77,14 @@ void check_version(const json &raw) {
 }
 
 void check_file(const std::string &folder, const FileEntry &entry, const std::string &what, bool hashes) {
-    std::string path = path_join(folder, entry.file);
-    if (!file_exists(path))
-        fail(CYCLEDIFF_ERR_FILE_MISSING, what + ": missing " + path + "; re-run `cyclediff-export` into " + folder);
-    if (hashes && sha256_files({path}) != entry.sha256)
-        fail(CYCLEDIFF_ERR_HASH_MISMATCH,
-             what + ": " + path + " does not match its recorded hash (changed or truncated); re-export");
+    std::vector<std::string> paths{path_join(folder, entry.file)};
+    for (const std::string &f : entry.data_files) paths.push_back(path_join(folder, f));
+    for (const std::string &path : paths)
+        if (!file_exists(path))
+            fail(CYCLEDIFF_ERR_FILE_MISSING, what + ": missing " + path + "; re-run `cyclediff-export` into " + folder);
+    if (hashes && sha256_files(paths) != entry.sha256)
+        fail(CYCLEDIFF_ERR_HASH_MISMATCH, what + ": " + paths[0] + (paths.size() > 1 ? " (with its data files)" : "") +
+                                              " does not match its recorded hash (changed or truncated); re-export");
 }
 
 }  // namespace
@@ -115,6 +117,10 @@ Manifest Manifest::load(const std::string &folder) {
         m.vae_scaling_factor = canon["vae_scaling_factor"].get<double>();
         m.sample_size = canon["sample_size"].get<int>();
         m.tokenizer_files = canon["tokenizer_files"].get<std::map<std::string, std::string>>();
+        for (auto it = canon["models"].begin(); it != canon["models"].end(); ++it)
+            m.models[it.key()] = FileEntry{it.value().at("file").get<std::string>(),
+                                           it.value().at("sha256").get<std::string>(),
+                                           it.value().at("data_files").get<std::vector<std::string>>()};
         m.extra = canon["extra"];
         require(m.extra.is_object(), CYCLEDIFF_ERR_MANIFEST, std::string("manifest extra is not an object") + kReexport);
         m.digest = sha256_hex(py_json_dumps(canon));

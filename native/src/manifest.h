@@ -4,6 +4,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace cyclediff {
 
@@ -21,7 +22,8 @@ struct Dims {
 
 struct FileEntry {
     std::string file;    // relative to the export directory
-    std::string sha256;  // hex
+    std::string sha256;  // hex: of file then data_files, read one after the other (export sha256_files)
+    std::vector<std::string> data_files = {};  // e.g. an IR's .bin, an ONNX graph's external weights
 };
 
 struct Manifest {
@@ -31,7 +33,8 @@ struct Manifest {
     double vae_scaling_factor = 0.18215;
     int sample_size = 512;
     std::map<std::string, std::string> tokenizer_files;  // name in DIR/tokenizer -> sha256
-    nlohmann::json extra;                                // later stages: "torchscript", "tensorrt"
+    std::map<std::string, FileEntry> models;             // the ONNX graphs: name -> file, data_files, sha256
+    nlohmann::json extra;                                // later stages: "torchscript", "tensorrt", "openvino_ir"
     std::string digest;  // Manifest.digest: sha256 of the canonical JSON, as Python computes it
 
     // Reads and parses; NOT_AN_EXPORT, MANIFEST or SCHEMA_VERSION errors. Checks no file.

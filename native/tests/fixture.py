@@ -83,27 +83,37 @@ def _run_case(eng, image, name: str, op: str, params: dict, seed: int, out: Path
     return case
 
 
-def parity(out: Path, ckpt: str = "tiny") -> None:
+# Per Python backend, what test_parity checks: the C++ executor that must reproduce it, the max abs diff of
+# float outputs, the max per-byte diff of RGB8 outputs, and whether a seed gives Python's draws. torch runs the
+# same kernels as libtorch (measured diff 0). OpenVINO's C++ executor compiles the same IR with dynamic shapes
+# where the Python backend compiles a static UNet per latent size, so kernels may differ a little; its seeds use
+# the portable generator, not torch's, so only the injected draws are compared.
+BACKENDS = {"torch": {"executor": "torch", "tolerance": 1e-4, "rgb8_tolerance": 0, "seeded": True},
+            "openvino": {"executor": "openvino", "tolerance": 2e-3, "rgb8_tolerance": 1, "seeded": False}}
+
+
+def parity(out: Path, ckpt: str = "tiny", backend: str = "torch") -> None:
     """out/cases.json: for each case the Python runtime's draws, latent code and output images."""
     from cyclediff.runtime.engine import Engine
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     folder = out.parent / f"export-{ckpt}"
-    eng = Engine.load(folder, backend="torch", progress=False)
+    eng = Engine.load(folder, backend=backend, progress=False, dtype="fp32")
     image = _image(eng.manifest.sample_size)
     cases = [_run_case(eng, image, *c, out) for c in CASES]
-    result = {"export": str(folder), "digest": eng.manifest.digest, "width": image.shape[1], "height": image.shape[0],
-              "rgb": image.ravel().tolist(), "cases": cases}
+    result = {"export": str(folder), "digest": eng.manifest.digest, "backend": backend, **BACKENDS[backend],
+              "width": image.shape[1], "height": image.shape[0], "rgb": image.ravel().tolist(), "cases": cases}
     (out / "cases.json").write_text(json.dumps(result), encoding="utf-8")
 
 
-def check_code(out: Path, ckpt: str = "tiny") -> None:
+def check_code(out: Path, ckpt: str = "tiny", backend: str = "torch") -> None:
     """The codes the C++ test saved (cpp_code_<case>.safetensors) load in Python, equal Python's, and decode."""
     from cyclediff.runtime.core.latent_code import LatentCode
     from cyclediff.runtime.engine import Engine
 
-    eng = Engine.load(out.parent / f"export-{ckpt}", backend="torch", progress=False)
+    eng = Engine.load(out.parent / f"export-{ckpt}", backend=backend, progress=False, dtype="fp32")
+    tolerance = BACKENDS[backend]["tolerance"]
     cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))["cases"]
     checked = 0
     for case in (c for c in cases if "py_code" in c):
@@ -117,7 +127,7 @@ def check_code(out: Path, ckpt: str = "tiny") -> None:
         img_diff = float(np.abs(images.ravel() - np.asarray(case["images"], dtype=np.float32)).max())
         print(f"{case['name']}: C++ code vs Python code max abs diff {diff:.3g}, Python decode of the C++ code "
               f"vs Python's output {img_diff:.3g}, metadata equal {same_meta}")
-        if diff > 1e-4 or img_diff > 1e-4 or not same_meta:
+        if diff > tolerance or img_diff > tolerance or not same_meta:
             raise SystemExit(f"{case['name']}: the C++ latent code does not match Python's")
         checked += 1
     if not checked:

@@ -128,12 +128,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("what", choices=["tokenizer", "schedule", "export", "parity", "check_code", "committed"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--ckpt", default="tiny")
+    parser.add_argument("--backend", default="torch", choices=["torch", "openvino"],
+                        help="the Python backend whose outputs parity records and check_code compares with")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what in ("export", "parity", "check_code"):
         import fixture  # beside this file; needs torch and the checkpoint
 
-        getattr(fixture, args.what)(args.out, args.ckpt)
+        extra = (args.backend,) if args.what in ("parity", "check_code") else ()
+        getattr(fixture, args.what)(args.out, args.ckpt, *extra)
     else:
         globals()[args.what](args.out)
     print(f"golden {args.what}: wrote {args.out}")

@@ -1,8 +1,11 @@
-// test_parity.cpp: libcyclediff (torch executor) == the Python runtime, through the C ABI, on the golden cases:
-// same injected draws -> same latent code and images (max abs diff <= 1e-4); same seed -> same draws.
+// test_parity.cpp: libcyclediff == the Python runtime, through the C ABI, on the golden cases: same injected
+// draws -> same latent code and images; same seed -> same draws (where the executor's seeds are torch's).
+// cases.json names the executor and the tolerances (fixture.py BACKENDS): torch vs the Python torch backend
+// (max abs diff <= 1e-4, RGB8 equal), openvino vs the Python openvino backend (2e-3, RGB8 within 1/255).
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <vector>
 
@@ -24,7 +27,7 @@ std::string read_text(const std::string &path) {
 
 std::string join(const std::string &root, const std::string &name) { return root + "/" + name; }
 
-constexpr double kTolerance = 1e-4;
+double g_tolerance = 1e-4;  // cases.json "tolerance" (older files: the torch executor's)
 double g_worst = 0.0;
 
 struct Image {
@@ -48,7 +51,7 @@ void expect_close(const std::string &what, const std::vector<float> &got, const 
     const double d = max_abs_diff(got, floats(want));
     g_worst = std::max(g_worst, d);
     std::printf("  %-44s max abs diff %.3g\n", what.c_str(), d);
-    CHECK_MSG(d <= kTolerance, what);
+    CHECK_MSG(d <= g_tolerance, what);
 }
 
 cyclediff_params params_of(const json &c) {
@@ -121,7 +124,7 @@ void check_python_code(cyclediff_engine *e, const json &c, const std::string &ro
     cyclediff_code_free(code);
 }
 
-void check_rgb8(cyclediff_engine *e, const Image &img, const json &c, const Draws &d) {
+void check_rgb8(cyclediff_engine *e, const Image &img, const json &c, const Draws &d, int max_byte_diff) {
     const cyclediff_params p = params_of(c);
     const size_t n = c.at("images").size();
     std::vector<uint8_t> rgb(n);
@@ -130,10 +133,15 @@ void check_rgb8(cyclediff_engine *e, const Image &img, const json &c, const Draw
                             c.at("source_prompt").get<std::string>().c_str(), c.at("prompt").get<std::string>().c_str(),
                             &p, &view, rgb.data(), rgb.size(), 3 * img.width), CYCLEDIFF_OK);
     std::vector<float> want = floats(c.at("images"));
-    int off = 0;
-    for (size_t i = 0; i < n; ++i) off += rgb[i] != static_cast<uint8_t>(std::nearbyint(want[i] * 255.0f)) ? 1 : 0;
-    std::printf("  %-44s %d of %zu bytes differ\n", (c.at("name").get<std::string>() + " RGB8 output").c_str(), off, n);
-    CHECK_EQ(off, 0);
+    int off = 0, worst = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const int diff = std::abs(int(rgb[i]) - int(std::nearbyint(want[i] * 255.0f)));
+        off += diff != 0 ? 1 : 0;
+        worst = std::max(worst, diff);
+    }
+    std::printf("  %-44s %d of %zu bytes differ, by at most %d\n",
+                (c.at("name").get<std::string>() + " RGB8 output").c_str(), off, n, worst);
+    CHECK(worst <= max_byte_diff);
 }
 
 }  // namespace
@@ -144,28 +152,34 @@ int main(int argc, char **argv) {
     json golden = json::parse(read_text(join(root, "cases.json")));
     cyclediff_engine *e = nullptr;
     cyclediff_engine_options o = cyclediff_engine_options_default();
-    o.executor = "torch";
+    const std::string executor = golden.value("executor", std::string("torch"));
+    g_tolerance = golden.value("tolerance", g_tolerance);
+    const int rgb8_tolerance = golden.value("rgb8_tolerance", 0);
+    const bool seeded = golden.value("seeded", true);
+    o.executor = executor.c_str();
     if (cyclediff_engine_create(golden.at("export").get<std::string>().c_str(), &o, &e) != CYCLEDIFF_OK) {
         std::fprintf(stderr, "engine: %s\n", cyclediff_last_error());
         return 1;
     }
     cyclediff_engine_info info{};
     cyclediff_engine_get_info(e, &info);
+    CHECK_MSG(executor == info.executor, "the engine runs the executor cases.json names");
     CHECK_MSG(golden.at("digest").get<std::string>() == info.digest, "manifest digest equals Python's Manifest.digest");
     Image img{golden.at("width"), golden.at("height"), golden.at("rgb").get<std::vector<uint8_t>>()};
-    int checks = 1;
+    int checks = 2;  // the executor and the digest
     for (const json &c : golden.at("cases")) {
         std::printf("%s (%s)\n", c.at("name").get<std::string>().c_str(), c.at("op").get<std::string>().c_str());
         Draws d{floats(c.at("draws").at("n_vae")), floats(c.at("draws").at("n0")), floats(c.at("draws").at("steps"))};
         const cyclediff_draws view = d.view();
         expect_close(c.at("name").get<std::string>() + " images (injected draws)", run_case(e, img, c, &view, root), c.at("images"));
-        expect_close(c.at("name").get<std::string>() + " images (seed " + std::to_string(c.at("seed").get<int>()) + ")",
-                     run_case(e, img, c, nullptr, root), c.at("images"));
+        if (seeded)
+            expect_close(c.at("name").get<std::string>() + " images (seed " + std::to_string(c.at("seed").get<int>()) + ")",
+                         run_case(e, img, c, nullptr, root), c.at("images"));
         if (c.contains("py_code")) check_python_code(e, c, root);
-        if (c.at("op") == "edit") check_rgb8(e, img, c, d);
-        checks += 4;
+        if (c.at("op") == "edit") check_rgb8(e, img, c, d, rgb8_tolerance);
+        checks += seeded ? 4 : 3;
     }
     cyclediff_engine_free(e);
-    std::printf("Python vs C++: worst max abs diff %.3g (tolerance %.0e)\n", g_worst, kTolerance);
+    std::printf("Python vs C++ (%s): worst max abs diff %.3g (tolerance %.0e)\n", executor.c_str(), g_worst, g_tolerance);
     return check::finish("test_parity", checks);
 }
