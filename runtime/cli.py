@@ -16,7 +16,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from cyclediff.runtime import verbosity
-from cyclediff.runtime.core.checks import InvalidArgument, check_edit_steps, check_number, check_seed
+from cyclediff.runtime.core.checks import InvalidArgument, check_edit_steps, check_optional_int, check_seed
 from cyclediff.runtime.core.config import BACKENDS, DTYPES, PRESETS, EditParams
 from cyclediff.runtime.methods.pix2pix_zero import cli as pix2pix_cli
 from cyclediff.runtime.outputs import OutputSet
@@ -27,8 +27,9 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # argparse dest -> EditParams field; these flags default to None so that a --preset fills only what is unset.
 PARAM_FLAGS = {"strength": "strength", "steps": "num_inference_steps", "guidance_scale": "guidance_scale",
                 "source_guidance_scale": "source_guidance_scale", "eta": "eta"}
-# Request fields whose flag is not "--" + the field with dashes.
-FIELD_FLAGS = {"num_inference_steps": "--steps"}
+# Request fields whose flag is not "--" + the field with dashes (amount: Pix2PixZeroRequest's).
+FIELD_FLAGS = {"num_inference_steps": "--steps", "amount": "--cross-attention-guidance",
+               "cross_attention_guidance_amount": "--cross-attention-guidance"}
 
 EXAMPLE = """\
 example:
@@ -182,8 +183,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def message(err: BaseException) -> str:
     """One line; an argument error names the flag the user typed (--steps, not num_inference_steps)."""
-    if isinstance(err, InvalidArgument) or hasattr(err, "renamed") and isinstance(getattr(err, "field", None), str):
-        return one_line(err.renamed(flag_of(err.field)))  # e.g. MemoryBudgetError: max_memory -> --max-memory
+    if isinstance(getattr(err, "field", None), str) and hasattr(err, "renamed"):  # InvalidArgument, MemoryBudgetError
+        return one_line(err.renamed(flag_of(err.field)))
     return one_line(err)
 
 
@@ -265,16 +266,23 @@ def edit_params(args: argparse.Namespace) -> EditParams:
     try:
         params = dataclasses.replace(PRESETS[args.preset or "default"], **given)
         check_edit_steps(params.num_inference_steps, params.strength)
-        if args.seed is not None:
-            check_seed("seed", args.seed)
-        if args.clip_skip is not None:
-            check_number("clip_skip", args.clip_skip, integer=True, low=0)
+        check_optional_int("clip_skip", args.clip_skip, 0)
     except InvalidArgument as err:
         raise CliError(message(err)) from err
+    check_seed_flag(args.seed)
     for flag in ("max_batch", "threads", "concurrency"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     return params
+
+
+def check_seed_flag(seed: int | None) -> None:
+    """--seed, by the request rules (every CLI takes it: cyclediff-run, its pix2pix-zero mode, cyclediff-guide)."""
+    if seed is not None:
+        try:
+            check_seed("seed", seed)
+        except InvalidArgument as err:
+            raise CliError(message(err)) from err
 
 
 def edit_request(prompts, source_prompt: str, image, params: EditParams, seed: int | None,

@@ -180,8 +180,8 @@ def _settings(value: Any) -> dict[str, Any]:
                 continue  # EditParams' own fields: _params checks them, bounds and type in one message
             if key == "seed":
                 check_seed(key, v)
-            elif key in _INTEGERS:
-                check_number(key, v, integer=True, low=0 if key == "clip_skip" else None)
+            elif key == "clip_skip":
+                check_number(key, v, integer=True, low=0)
             else:
                 check_choice(key, v, tuple(sorted(PRESETS)))
     except InvalidArgument as err:

@@ -1,11 +1,14 @@
 """Typed, bounded reading of a request's fields (JSON values or multipart form strings), one error per field."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cyclediff.runtime.core.checks import InvalidArgument, check_number, check_seed
 from cyclediff.serve.config import Limits
 from cyclediff.serve.errors import RequestError
+
+T = TypeVar("T")
 
 SETTINGS = ("strength", "num_inference_steps", "guidance_scale", "source_guidance_scale", "eta")
 OUTPUT_FORMATS = ("png", "npy")
@@ -38,11 +41,17 @@ def number(raw: dict[str, Any], name: str, default: Any, from_form: bool, check:
         value = _parse(name, value, integer)
     if not check:
         return value
-    try:
-        check_number(name, value, integer=integer)
-    except InvalidArgument as err:  # the Engine's own words, as every front door gives them
-        raise RequestError(422, name, str(err)) from None
+    checked(lambda: check_number(name, value, integer=integer))
     return value if integer else float(value)
+
+
+def checked(build: Callable[[], T]) -> T:
+    """build(), its InvalidArgument answered as a 422 naming the field, in the Engine's own words (as every front
+    door gives them)."""
+    try:
+        return build()
+    except InvalidArgument as err:
+        raise RequestError(422, err.field, str(err)) from None
 
 
 def _parse(name: str, text: str, integer: bool) -> int | float:
@@ -94,10 +103,7 @@ def seed(raw: dict[str, Any], from_form: bool, fresh: int) -> int:
     value = number(raw, "seed", None, from_form)
     if value is None:
         return fresh
-    try:
-        check_seed("seed", value)
-    except InvalidArgument as err:
-        raise RequestError(422, "seed", str(err)) from None
+    checked(lambda: check_seed("seed", value))
     return value
 
 

@@ -45,7 +45,7 @@ def edit_job(raw: dict[str, Any], form: bool, limits: Limits) -> EditJob:
     F.check_known(raw, "edit")
     image, source, prompts = _file(raw, "image", form), F.text(raw, "source_prompt", limits), F.prompts(raw, limits)
     fmt = F.output_format(raw)
-    request = _checked(lambda: EditRequest(list(prompts), source, image, params(raw, form, limits),
+    request = F.checked(lambda: EditRequest(list(prompts), source, image, params(raw, form, limits),
                                            output_type=_output_type(fmt), one_encoding=True))
     return EditJob(request, F.seed(raw, form, secrets.randbelow(2**31)), fmt, F.timeout(raw, form, limits))
 
@@ -55,7 +55,7 @@ def encode_job(raw: dict[str, Any], form: bool, limits: Limits) -> EncodeJob:
 
     F.check_known(raw, "encode")
     image, source = _file(raw, "image", form), F.text(raw, "source_prompt", limits)
-    request = _checked(lambda: EncodeRequest(image, source, params(raw, form, limits)))
+    request = F.checked(lambda: EncodeRequest(image, source, params(raw, form, limits)))
     return EncodeJob(request, F.seed(raw, form, secrets.randbelow(2**31)), F.timeout(raw, form, limits))
 
 
@@ -72,21 +72,11 @@ def params(raw: dict[str, Any], form: bool, limits: Limits):
 
     defaults = EditParams()
     values = {name: F.number(raw, name, getattr(defaults, name), form, check=False) for name in F.SETTINGS}
-    params = _checked(lambda: EditParams(**values))
+    params = F.checked(lambda: EditParams(**values))
     if params.num_inference_steps > limits.max_steps:
         raise RequestError(422, "num_inference_steps", f"num_inference_steps must be <= {limits.max_steps} (the "
                                                        f"service's --max-steps), got {params.num_inference_steps}")
     return params
-
-
-def _checked(build):
-    """build(), its InvalidArgument answered as a 422 naming the field (the Engine's words, unchanged)."""
-    from cyclediff.runtime.core.checks import InvalidArgument
-
-    try:
-        return build()
-    except InvalidArgument as err:
-        raise RequestError(422, err.field, str(err)) from None
 
 
 def field_of(err: BaseException) -> str | None:

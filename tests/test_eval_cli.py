@@ -14,6 +14,7 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
+from read_only import read_only
 
 from cyclediff.eval.cli import main
 
@@ -211,21 +212,9 @@ def test_config_difference_walks_the_grid_and_the_triplets():
 
 
 def _read_only(monkeypatch) -> None:
-    """The probe of every folder fails as on a read-only mount (as root, chmod does not stop writes); work that
-    starts anyway (reading the triplets) fails the test."""
-    import errno
-
     from cyclediff.eval import sweep
-    from cyclediff.export import writable
 
-    def refuse(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the triplets were read before --out was checked")
-
-    monkeypatch.setattr(writable.tempfile, "mkdtemp", refuse)
-    monkeypatch.setattr(sweep, "load_triplets", no_work)
+    read_only(monkeypatch, sweep, "load_triplets", "the triplets were read")
 
 
 def test_read_only_out_is_refused_before_any_work(inputs, tmp_path, capsys, monkeypatch):

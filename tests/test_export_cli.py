@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from read_only import read_only
 
 from cyclediff.export.cli import main
 from cyclediff.export.manifest import MANIFEST, Manifest, ManifestError
@@ -149,20 +150,9 @@ def test_trt_without_tensorrt_fails_before_touching_out(tmp_path):
 
 # ---- an --out that cannot be written is refused before any work, in one line -----------------------------------
 def _read_only(monkeypatch) -> None:
-    """Make the probe of every folder fail as a read-only mount does (as root, chmod would not stop writes, and
-    a read-only bind needs privileges); anything that went on to the checkpoint fails the test loudly."""
-    import errno
+    from cyclediff.export import checkpoint
 
-    from cyclediff.export import checkpoint, writable
-
-    def refuse(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the checkpoint was resolved before --out was checked")
-
-    monkeypatch.setattr(writable.tempfile, "mkdtemp", refuse)
-    monkeypatch.setattr(checkpoint, "resolve", no_work)
+    read_only(monkeypatch, checkpoint, "resolve", "the checkpoint was resolved")
 
 
 @pytest.mark.parametrize("where", ["new", "existing"])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed's range for a non-negative seed
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 class InvalidArgument(ValueError):
@@ -50,6 +51,12 @@ def check_range(name: str, value: Any, low: float, high: float, *, open_low: boo
     if not (low < value if open_low else low <= value) or value > high:
         left = "(" if open_low else "["
         raise InvalidArgument(name, f"must be in {left}{low:g}, {high:g}], got {value!r}")
+
+
+def check_optional_int(name: str, value: Any, low: int) -> None:
+    """None (the default), or an integer >= low: clip_skip, height, width."""
+    if value is not None:
+        check_number(name, value, integer=True, low=low)
 
 
 def check_choice(name: str, value: Any, options: Sequence[Any]) -> None:
@@ -121,7 +128,6 @@ def check_no_attention_kwargs(value: Any) -> None:
                                                         "instead")
 
 
-def check_output_args(output_type: Any, callback_steps: Any, types: Sequence[str] = ("pil", "np", "pt", "latent"))\
-        -> None:
-    check_choice("output_type", output_type, types)
+def check_output_args(output_type: Any, callback_steps: Any) -> None:
+    check_choice("output_type", output_type, OUTPUT_TYPES)
     check_number("callback_steps", callback_steps, integer=True, low=1)

@@ -13,7 +13,6 @@ from cyclediff.runtime.core.checks import (
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 DTYPES = ("fp32", "fp16", "bf16")
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 @dataclasses.dataclass(frozen=True)

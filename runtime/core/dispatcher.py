@@ -10,7 +10,7 @@ at most `wait_s`.
 Locking rule: `_cond` guards the queue, the in-flight count and the `_busy` flag; only the thread that set
 `_busy` calls the runners or touches the merge buffers and the captured graphs. A thread inside `exclusive()`
 has set `_busy` the same way, so its model calls outside `call` (autograd through torch modules that the runners
-may share: latent-space guidance, runtime/methods/guidance/gate.py) run alone and are never merged.
+may share: guidance and Pix2Pix-Zero through runtime/core/model_gate.py) run alone and are never merged.
 """
 from __future__ import annotations
 

@@ -16,15 +16,11 @@ from cyclediff.runtime.core.checks import (
     check_edit_steps,
     check_no_attention_kwargs,
     check_number,
+    check_optional_int,
     check_output_args,
     check_prompts,
 )
 from cyclediff.runtime.core.config import EditParams
-
-
-def _check_clip_skip(value: Any) -> None:
-    if value is not None:
-        check_number("clip_skip", value, integer=True, low=0)
 
 
 def _check_prompt(prompt: Any, prompt_embeds: Any) -> None:
@@ -51,7 +47,7 @@ class EncodeRequest:
         check_edit_steps(self.params.num_inference_steps, self.params.strength)
         check_prompts("source_prompt", self.source_prompt)
         check_number("num_images_per_prompt", self.num_images_per_prompt, integer=True, low=1)
-        _check_clip_skip(self.clip_skip)
+        check_optional_int("clip_skip", self.clip_skip, 0)
         if self.image is None:
             raise InvalidArgument("image", "is required: pass a PIL image, numpy array or torch tensor")
 
@@ -81,7 +77,7 @@ class DecodeRequest:
                                           f"{type(self.code).__name__}")
         check_number("guidance_scale", self.guidance_scale)
         check_output_args(self.output_type, self.callback_steps)
-        _check_clip_skip(self.clip_skip)
+        check_optional_int("clip_skip", self.clip_skip, 0)
         if self.prompt_embeds is None and self.prompt is not None:
             check_prompts("prompt", self.prompt)
 

@@ -118,13 +118,7 @@ def _config(args: argparse.Namespace):
     if args.clip_weight < 0 or args.clip_augment < 1 or args.strip_every < 1 or args.decode_steps < 1:
         raise run_cli.CliError("--clip-weight must be >= 0, and --clip-augment, --strip-every and --decode-steps "
                                ">= 1")
-    if args.seed is not None:
-        from cyclediff.runtime.core.checks import InvalidArgument, check_seed
-
-        try:
-            check_seed("seed", args.seed)
-        except InvalidArgument as err:
-            raise run_cli.CliError(err.renamed("--seed")) from err
+    run_cli.check_seed_flag(args.seed)
     if args.start_image and not args.source_prompt:
         raise run_cli.CliError("--start-image needs --source-prompt (the text describing that image)")
     return config

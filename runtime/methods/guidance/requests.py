@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cyclediff.runtime.core.checks import check_number, check_output_args
+from cyclediff.runtime.core.checks import check_number, check_optional_int, check_output_args
 from cyclediff.runtime.methods.guidance.config import GuidanceError, LangevinConfig
 from cyclediff.runtime.methods.guidance.energies import check_energies
 
@@ -36,9 +36,8 @@ class GuideRequest:
         check_output_args(self.output_type, 1)
         check_number("num_inference_steps", self.num_inference_steps, integer=True, low=1)
         check_number("eta", self.eta, low=0)
-        for name in ("height", "width"):
-            if getattr(self, name) is not None:
-                check_number(name, getattr(self, name), integer=True, low=1)
+        check_optional_int("height", self.height, 1)
+        check_optional_int("width", self.width, 1)
         names = {e.name for e in self.energies} | {"total", "prior"}
         if self.config.keep_best is not None and self.config.keep_best not in names:
             raise GuidanceError(f"keep_best={self.config.keep_best!r} names no energy; choose one of "

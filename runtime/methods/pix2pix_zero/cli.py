@@ -104,27 +104,22 @@ def _load_code(path: str):
     return InversionCode.load(path)
 
 
-# Request fields whose flag is not "--" + the field with dashes (the rest: runtime/cli.py's flag_of).
-_FLAGS = {"amount": "--cross-attention-guidance", "cross_attention_guidance_amount": "--cross-attention-guidance"}
-
-
 def settings(args: argparse.Namespace):
     """The edit's scalar settings as a Pix2PixZeroRequest (no image or direction yet), checked by the request
     rules; a bad one is a CliError naming the flag."""
     from cyclediff.runtime import cli
-    from cyclediff.runtime.core.checks import InvalidArgument, check_seed
+    from cyclediff.runtime.core.checks import InvalidArgument
     from cyclediff.runtime.methods.pix2pix_zero.requests import Pix2PixZeroRequest
 
+    cli.check_seed_flag(args.seed)
     try:
-        if args.seed is not None:
-            check_seed("seed", args.seed)
         return Pix2PixZeroRequest(
             num_inference_steps=args.steps if args.steps is not None else 50,
             guidance_scale=args.guidance_scale if args.guidance_scale is not None else 7.5,
             negative_prompt=args.negative_prompt, eta=args.eta if args.eta is not None else 0.0,
             amount=args.cross_attention_guidance, clip_skip=args.clip_skip)
     except InvalidArgument as err:
-        raise cli.CliError(cli.one_line(err.renamed(_FLAGS.get(err.field) or cli.flag_of(err.field)))) from err
+        raise cli.CliError(cli.message(err)) from err
 
 
 def _edit(engine, image, code, banks, args: argparse.Namespace):

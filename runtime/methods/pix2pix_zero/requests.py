@@ -11,6 +11,7 @@ from cyclediff.runtime.core.checks import (
     check_choice,
     check_no_attention_kwargs,
     check_number,
+    check_optional_int,
     check_output_args,
 )
 from cyclediff.runtime.methods.pix2pix_zero.attention_guidance import TRAJECTORIES
@@ -84,8 +85,6 @@ class Pix2PixZeroRequest:
         if self.num_images_per_prompt != 1:
             raise InvalidArgument("num_images_per_prompt", f"must be 1: Pix2Pix-Zero edits one image per call, got "
                                                            f"{self.num_images_per_prompt!r}")
-        for name in ("height", "width"):
-            if getattr(self, name) is not None:
-                check_number(name, getattr(self, name), integer=True, low=1)
-        if self.clip_skip is not None:
-            check_number("clip_skip", self.clip_skip, integer=True, low=0)
+        check_optional_int("height", self.height, 1)
+        check_optional_int("width", self.width, 1)
+        check_optional_int("clip_skip", self.clip_skip, 0)
