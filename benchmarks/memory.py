@@ -25,14 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edit_latency
 
 SOURCE, TARGET = edit_latency.SOURCE, edit_latency.TARGETS[0]
-# "<backend>[-bf16]": cyclediff on that backend, or diffusers (torch_dtype=torch.bfloat16 for -bf16)
-IMPLS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-bf16", "diffusers", "diffusers-bf16")
+# "<backend>[-bf16]": cyclediff on that backend, or diffusers (torch_dtype=torch.bfloat16 for -bf16);
+# "native-openvino[-bf16]": the C++ host (libcyclediff's OpenVINO executor, native/example/edit_timing.c)
+IMPLS = ("onnxruntime", "openvino", "openvino-bf16", "torch", "torch-bf16", "diffusers", "diffusers-bf16",
+         "native-openvino", "native-openvino-bf16")
+NATIVE_HOST = Path(__file__).resolve().parents[1] / "build/native/native/example/cyclediff_edit_timing"
 
 
 def impl_dtype(impl: str) -> tuple[str, str]:
     """'openvino-bf16' -> ('openvino', 'bf16'); 'onnxruntime' -> ('onnxruntime', 'fp32')."""
-    name, _, dtype = impl.partition("-")
-    return name, dtype or "fp32"
+    return (impl[:-5], "bf16") if impl.endswith("-bf16") else (impl, "fp32")
 
 
 def one(impl: str, size: int, folder: Path, steps: int, strength: float, device: str, timings: bool = False,
@@ -120,7 +122,37 @@ def _unet_feeds(width: int, size: tuple[int, int], dev, dtype):
             torch.randn(2, 77, width, generator=g).to(dev, dtype))
 
 
+def native_child(args, impl: str, size: int, folder: Path) -> dict:
+    """The C++ host's row: its own process (no Python, no torch), the same image, prompts and edit; its seed draws
+    from libcyclediff's portable generator, so its picture is compared only with its own fp32 edit."""
+    import tempfile
+
+    import numpy as np
+    import PIL.Image
+
+    host = Path(args.native_host)
+    if not host.is_file():
+        return {"impl": impl, "size": size, "error": f"no C++ host at {host}: build it (native/README.md)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "input.png", Path(tmp) / "output.png"
+        edit_latency.sample_image(size).save(src)
+        cmd = [str(host), str(folder), str(src), str(out), SOURCE, TARGET, str(args.steps), str(args.strength), "0",
+               "openvino", impl_dtype(impl)[1]]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
+            return {"impl": impl, "size": size, "error": f"exit {done.returncode}: {tail[:120]}"}
+        row = {"impl": impl, "size": size, "peak_cuda": None, **json.loads(done.stdout.strip().splitlines()[-1])}
+        if args.save_images:
+            path = Path(args.save_images) / f"{impl}-{size}.npy"
+            np.save(path, np.asarray(PIL.Image.open(out).convert("RGB"), dtype=np.float32) / 255.0)
+            row["image"] = str(path)
+    return row
+
+
 def child(args, impl: str, size: int, folder: Path) -> dict:
+    if impl.startswith("native-"):
+        return native_child(args, impl, size, folder)
     cmd = [sys.executable, __file__, "--one", impl, "--sizes", str(size), "--engine", str(folder),
            "--steps", str(args.steps), "--strength", str(args.strength), "--device", args.device]
     cmd += ["--timings"] if args.timings else []
@@ -176,6 +208,9 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows (and peaks) to this file")
     p.add_argument("--save-images", metavar="DIR",
                    help="keep each first edit's picture in DIR and print the bf16-vs-fp32 PSNR of each family")
+    p.add_argument("--native-host", default=str(NATIVE_HOST),
+                   help="the C++ host's timing program for the native-* rows (default: %(default)s, built by "
+                        "native/README.md's build commands)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one implementation in this process
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -201,6 +236,8 @@ def main() -> None:
     print(table(rows))
     if args.timings:
         print(timing_table(rows, peaks, folder))
+        if any(r["impl"].startswith("native-") for r in rows):
+            print(native_table(rows))
     if args.save_images:
         print(fidelity_table(rows))
 
@@ -214,7 +251,8 @@ def fidelity_table(rows: list[dict]) -> str:
     lines = ["| size | bf16 (or fp32) edit | against | PSNR (dB) |", "|---|---|---|---|"]
     for (impl, size), pic in pics.items():
         name, dtype = impl_dtype(impl)
-        ref = name if dtype == "bf16" else ("diffusers" if name != "diffusers" else None)
+        # native fp32 draws its own noise (not torch's): no diffusers comparison for it
+        ref = name if dtype == "bf16" else ("diffusers" if name not in ("diffusers", "native-openvino") else None)
         if ref and (ref, size) in pics:
             mse = float(np.mean((pic.astype(np.float64) - pics[(ref, size)]) ** 2))
             lines.append(f"| {size}² | {impl} | {ref} | {10 * np.log10(1 / mse) if mse else float('inf'):.1f} |")
@@ -248,13 +286,31 @@ def timing_table(rows: list[dict], peaks: dict[str, float], folder: Path) -> str
     for r in rows:
         if "error" in r or "warm_s" not in r:
             continue
-        tflop = flops[r["size"]]
+        tflop, step = flops[r["size"]], r.get("unet_step_s")  # the C++ host times whole edits only
         peak = max(v for k, v in peaks.items() if k.endswith(impl_dtype(r["impl"])[1])) if peaks else None
-        mfu = f"{100 * tflop / r['unet_step_s'] / peak:.0f}%" if peak else "-"
+        mfu = f"{100 * tflop / step / peak:.0f}%" if peak and step else "-"
         ratios = [_ratio(base.get((r["size"], ref)), r) for ref in ("onnxruntime", "diffusers", "diffusers-bf16")]
         lines.append(f"| {r['size']}² | {r['impl']} | {r['load_s']:.1f} | {r['seconds']:.1f} | {r['warm_s']:.1f} | "
-                     f"{r['repeat_s']:.1f} | {r['unet_step_s']:.2f} | {mfu} | {r['peak_rss'] / 1e9:.2f} | "
+                     f"{r['repeat_s']:.1f} | {f'{step:.2f}' if step else '-'} | {mfu} | {r['peak_rss'] / 1e9:.2f} | "
                      + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def native_table(rows: list[dict]) -> str:
+    """Each C++ host row against the fastest Python cyclediff row of the same dtype and size (warm edits)."""
+    lines = ["| size | C++ host | its warm edit (s) | peak RSS (GB) | libtorch loaded | fastest Python, same dtype | "
+             "its warm edit (s) | its peak RSS (GB) | C++ speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+    done = [r for r in rows if "warm_s" in r]
+    for r in (r for r in done if r["impl"].startswith("native-")):
+        dtype = impl_dtype(r["impl"])[1]
+        same = [p for p in done if p["size"] == r["size"] and impl_dtype(p["impl"])[1] == dtype
+                and not p["impl"].startswith(("native-", "diffusers"))]
+        if not same:
+            continue
+        best = min(same, key=lambda p: p["warm_s"])
+        lines.append(f"| {r['size']}² | {r['impl']} | {r['warm_s']:.1f} | {r['peak_rss'] / 1e9:.2f} | "
+                     f"{'yes' if r.get('libtorch_loaded') else 'no'} | {best['impl']} | {best['warm_s']:.1f} | "
+                     f"{best['peak_rss'] / 1e9:.2f} | {best['warm_s'] / r['warm_s']:.2f}x |")
     return "\n".join(lines)
 
 

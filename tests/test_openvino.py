@@ -282,3 +282,24 @@ def test_bf16_vae_overflow_reruns_in_fp32(exports):
     finally:
         guarded.fp16 = real
     assert guarded.guard.fallbacks == before + 1 and torch.equal(got, want)
+
+
+def test_openvino_tables_round_square_roots_as_the_cpp_executor(exports):
+    """openvino's step tables take correctly rounded square roots (what libcyclediff computes without libtorch),
+    every other backend torch's (the reference's); a schedule where the two differ shows which one ran."""
+    from cyclediff.runtime.core.schedule import COEFFICIENTS, StepTable, rounded_sqrt, torch_sqrt
+
+    x = torch.rand(4000)
+    assert all(rounded_sqrt(v).item() == np.sqrt(np.float32(v.item())) for v in x[:500])
+    engines = {b: cyclediff.Engine.load(exports("tiny"), backend=b, progress=False) for b in ("openvino", "torch")}
+    cfg = engines["torch"].core.scheduler
+    args = next(a for a in ((n, 1.0, 0.7) for n in range(2, 200))
+                if _columns(StepTable.build(cfg, *a, sqrt=rounded_sqrt), COEFFICIENTS)
+                != _columns(StepTable.build(cfg, *a, sqrt=torch_sqrt), COEFFICIENTS))
+    for backend, sqrt in (("openvino", rounded_sqrt), ("torch", torch_sqrt)):
+        got = _columns(engines[backend].core.table(*args), COEFFICIENTS)
+        assert got == _columns(StepTable.build(cfg, *args, sqrt=sqrt), COEFFICIENTS), backend
+
+
+def _columns(table, names) -> list[list[float]]:
+    return [getattr(table, n).tolist() for n in names]

@@ -9,11 +9,10 @@ set(CYCLEDIFF_HAVE_TORCH OFF)
 set(CYCLEDIFF_HAVE_TENSORRT OFF)
 set(CYCLEDIFF_HAVE_OPENVINO OFF)
 
-if(CYCLEDIFF_WITH_OPENVINO AND CYCLEDIFF_SANITIZE)
-  # OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the ASan runtime refuses at the first compile.
-  message(STATUS "cyclediff: openvino executor OFF (CYCLEDIFF_SANITIZE: OpenVINO's TBB loads a library with "
-                 "RTLD_DEEPBIND, which AddressSanitizer cannot run)")
-elseif(CYCLEDIFF_WITH_OPENVINO)
+# Also under CYCLEDIFF_SANITIZE: OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the ASan runtime
+# refuses, so native/tests/CMakeLists.txt gives the sanitizer tests TBB_ENABLE_SANITIZERS=1 (oneTBB's switch that
+# drops the flag). A host running a sanitizer build of the library outside ctest must set it too.
+if(CYCLEDIFF_WITH_OPENVINO)
   if(NOT OpenVINO_DIR AND CYCLEDIFF_PYTHON)
     # The openvino wheel ships OpenVINO's headers, libraries and CMake config (openvino/{include,libs,cmake}).
     execute_process(COMMAND ${CYCLEDIFF_PYTHON} -c "import openvino, os; print(os.path.dirname(openvino.__file__))"
@@ -25,7 +24,8 @@ elseif(CYCLEDIFF_WITH_OPENVINO)
   find_package(OpenVINO QUIET COMPONENTS Runtime)
   if(OpenVINO_FOUND)
     set(CYCLEDIFF_HAVE_OPENVINO ON)
-    list(APPEND CYCLEDIFF_EXECUTOR_SOURCES native/src/openvino_executor.cpp)
+    list(APPEND CYCLEDIFF_EXECUTOR_SOURCES native/src/openvino_executor.cpp native/src/openvino_models.cpp
+                                           native/src/mapped_pages.cpp)
     list(APPEND CYCLEDIFF_EXECUTOR_DEFINES CYCLEDIFF_HAVE_OPENVINO)
     list(APPEND CYCLEDIFF_EXECUTOR_LIBRARIES openvino::runtime)
     get_target_property(_ov_lib openvino::runtime IMPORTED_LOCATION_RELEASE)

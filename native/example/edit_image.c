@@ -20,7 +20,8 @@ static double seconds_since(const struct timespec *start) {
 
 static int usage(const char *argv0) {
     fprintf(stderr, "usage: %s EXPORT_DIR INPUT_IMAGE OUTPUT.{png,jpg,bmp} SOURCE_PROMPT TARGET_PROMPT "
-                    "[STEPS [STRENGTH [SEED]]]\n", argv0);
+                    "[STEPS [STRENGTH [SEED [DTYPE]]]]\n"
+                    "  DTYPE: fp32 (default) or bf16 (the fast CPU mode, on a CPU with AVX512_BF16 or AMX)\n", argv0);
     return 2;
 }
 
@@ -30,6 +31,7 @@ typedef struct {
     double strength;
     unsigned long long seed;
     int has_seed;
+    const char *dtype;  /* NULL (the executor's default) | "fp32" | "bf16" */
     const char *format; /* "png" | "jpg" | "bmp", from OUTPUT's suffix */
 } options;
 
@@ -103,6 +105,8 @@ static int parse(int argc, char **argv, options *o) {
     if (argc > 7 && parse_strength(argv[7], &o->strength)) return 2;
     if (argc > 8 && parse_seed(argv[8], &o->seed)) return 2;
     o->has_seed = argc > 8;
+    o->dtype = argc > 9 ? argv[9] : NULL;
+    if (o->dtype && strcmp(o->dtype, "fp32") && strcmp(o->dtype, "bf16")) return bad("DTYPE", o->dtype, "fp32 or bf16");
     return check_output_folder(argv[3]);
 }
 
@@ -163,16 +167,18 @@ static int run(cyclediff_engine *engine, unsigned char *pixels, int w, int h, ch
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6 || argc > 9) return usage(argv[0]);
+    if (argc < 6 || argc > 10) return usage(argv[0]);
     options opts;
     if (parse(argc, argv, &opts)) return 2;
+    cyclediff_engine_options eo = cyclediff_engine_options_default();
+    eo.dtype = opts.dtype;
     cyclediff_engine *engine = NULL;
-    cyclediff_status s = cyclediff_engine_create(argv[1], NULL, &engine);
+    cyclediff_status s = cyclediff_engine_create(argv[1], &eo, &engine);
     if (s != CYCLEDIFF_OK) return fail("cyclediff_engine_create", s);
     cyclediff_engine_info info;
     cyclediff_engine_get_info(engine, &info);
-    printf("libcyclediff %s: export %s (executor %s, digest %.12s, image sides multiple of %d)\n", cyclediff_version(),
-           argv[1], info.executor, info.digest, info.image_multiple);
+    printf("libcyclediff %s: export %s (executor %s, dtype %s, digest %.12s, image sides multiple of %d)\n",
+           cyclediff_version(), argv[1], info.executor, info.dtype, info.digest, info.image_multiple);
     int w = 0, h = 0, channels = 0;
     unsigned char *pixels = stbi_load(argv[2], &w, &h, &channels, 3);
     if (!pixels) {

@@ -59,11 +59,16 @@ typedef struct cyclediff_params {
 
 typedef struct cyclediff_engine_options {
     const char *executor;  /* "auto" (default), "openvino", "torch" or "tensorrt". auto: tensorrt where it is
-                              compiled in, a CUDA device is present and the export has plans; else openvino (CPU,
-                              fp32) where compiled in; else torch */
+                              compiled in, a CUDA device is present, the export has plans and dtype is unset or
+                              "fp16"; else openvino (CPU) where compiled in; else torch */
     int32_t max_batch;     /* largest UNet batch the encoder sends; default 16 */
-    int32_t num_threads;   /* CPU threads of the executor; 0 (default) = its own default */
+    int32_t num_threads;   /* CPU threads of the executor; 0 (default): openvino one per CPU this process may
+                              run on (its affinity), as Python; torch its own default */
     int32_t verify_hashes; /* 1 (default): check the sha256 of every file read; 0: only that they exist */
+    const char *dtype;     /* NULL or "" (default): the executor's own (openvino, torch: "fp32"; tensorrt: "fp16").
+                              "bf16": openvino's fast CPU mode, on a CPU with AVX512_BF16 or AMX (refused with
+                              CYCLEDIFF_ERR_UNSUPPORTED elsewhere); auto then picks openvino. Latents, recorded
+                              noises and the DDIM math stay fp32 */
 } cyclediff_engine_options;
 
 typedef struct cyclediff_engine_info {
@@ -74,6 +79,7 @@ typedef struct cyclediff_engine_info {
     int32_t sample_size;     /* the checkpoint's native image side (512 for SD v1) */
     const char *executor;    /* "openvino" | "torch" | "tensorrt"; owned by the engine */
     const char *digest;      /* identity of the export (sha256 hex); owned by the engine */
+    const char *dtype;       /* the models' precision: "fp32" | "bf16" | "fp16"; owned by the engine */
 } cyclediff_engine_info;
 
 typedef struct cyclediff_code_info {

@@ -12,6 +12,7 @@
 struct cyclediff_engine {
     std::unique_ptr<cyclediff::Engine> impl;
     std::string executor;
+    std::string dtype;
     std::string digest;
 };
 
@@ -163,6 +164,7 @@ cyclediff_status cyclediff_engine_create(const char *export_dir, const cyclediff
         auto engine = std::make_unique<cyclediff_engine>();
         engine->impl = cyclediff::Engine::open(export_dir, o);
         engine->executor = engine->impl->executor_name();
+        engine->dtype = engine->impl->executor_dtype();
         engine->digest = engine->impl->manifest().digest;
         *out_engine = engine.release();
     });
@@ -178,7 +180,8 @@ cyclediff_status cyclediff_engine_get_info(const cyclediff_engine *engine, cycle
         need(out, "out");
         const cyclediff::Dims &d = engine->impl->manifest().dims;
         *out = cyclediff_engine_info{d.vae_scale, engine->impl->image_multiple(), d.latent_channels, d.text_states,
-                                     engine->impl->manifest().sample_size, engine->executor.c_str(), engine->digest.c_str()};
+                                     engine->impl->manifest().sample_size, engine->executor.c_str(), engine->digest.c_str(),
+                                     engine->dtype.c_str()};
     });
 }
 

@@ -31,6 +31,7 @@ std::unique_ptr<Engine> Engine::open(const std::string &folder, const cyclediff_
     ExecutorOptions eo;
     eo.name = options.executor != nullptr ? options.executor : "auto";
     eo.num_threads = options.num_threads;
+    eo.dtype = options.dtype != nullptr ? options.dtype : "";
     eo.verify_hashes = options.verify_hashes != 0;
     std::unique_ptr<Executor> executor = executor_open(manifest, eo);
     return std::unique_ptr<Engine>(new Engine(std::move(manifest), std::move(executor), std::move(tokenizer),

@@ -38,6 +38,7 @@ public:
     int image_multiple() const { return manifest_.dims.vae_scale * manifest_.dims.unet_downscale; }
     const Manifest &manifest() const { return manifest_; }
     const std::string &executor_name() const { return executor_name_; }
+    std::string executor_dtype() const { return executor_->dtype(); }
     std::mutex &mutex() { return mutex_; }
 
 private:

@@ -16,6 +16,7 @@ namespace cyclediff {
 struct ExecutorOptions {
     std::string name = "auto";  // auto | openvino | torch | tensorrt (| stub in the test build)
     int num_threads = 0;        // 0: the executor's default
+    std::string dtype;          // "" (the executor's default) | fp32 | bf16 | fp16; dtype.h says who runs what
     bool verify_hashes = true;
 };
 
@@ -25,6 +26,8 @@ class Executor {
 public:
     virtual ~Executor() = default;
     virtual std::string name() const = 0;
+    // The precision its models run in (dtype.h): fp32, bf16 (openvino) or fp16 (tensorrt).
+    virtual std::string dtype() const { return "fp32"; }
     // ids (B, 77) int64 -> hidden (B, L+1, 77, D): every hidden state through the final layer norm
     virtual void text_encoder(const std::vector<int64_t> &ids, Tensor &hidden) = 0;
     // sample (B, C, h, w), timestep (B,), emb (B, 77, D) -> noise_pred (B, C, h, w)

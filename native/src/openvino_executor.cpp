@@ -1,17 +1,24 @@
 // openvino_executor.cpp: the OpenVINO CPU executor: the export's OpenVINO IR (DIR/openvino/<model>.xml + .bin,
-// manifest extra.openvino_ir, written by export/openvino_ir.py) or else its ONNX graphs, compiled on "CPU" in
-// fp32 with dynamic shapes, as engine/openvino_backend.py does for dtype fp32.
+// manifest extra.openvino_ir, written by export/openvino_ir.py) or else its ONNX graphs, on the "CPU" plugin in
+// fp32 (exact) or bf16 (the fast mode, on CPUs with AVX512_BF16 or AMX), run as engine/openvino_backend.py runs
+// them: text encoder and VAE with dynamic shapes, the UNet as one static batch-1 model per latent size
+// (openvino_models.h). In bf16 a VAE output that is not finite is computed again by an fp32 twin of that VAE
+// part, compiled on first need (runtime/core/precision.py); latents, noises and the DDIM math stay fp32.
 //
-// Locking rule: each model owns one compiled model (immutable, shared) and one infer request, and the request
-// is used only under that model's mutex. A call takes one model's mutex and no other, so there is no lock
-// order to keep; calls to different models from different threads run at once.
+// Locking rule: every model guards itself (openvino_models.h); twins_ (the fp32 VAE twins) is guarded by
+// twins_lock_, taken before no other lock and released before the twin runs.
 #include <openvino/openvino.hpp>
 
+#include <cmath>
+#include <map>
+#include <memory>
 #include <mutex>
 
+#include "dtype.h"
 #include "error.h"
 #include "executor.h"
 #include "files.h"
+#include "openvino_models.h"
 #include "pyjson.h"
 
 namespace cyclediff {
@@ -20,11 +27,6 @@ namespace {
 
 const char *const kModels[] = {"text_encoder", "unet", "vae_encoder", "vae_decoder"};
 constexpr int kIrSchema = 1;  // export/openvino_ir.py SECTION_SCHEMA
-
-std::string first_line(const char *what) {
-    std::string s(what);
-    return s.substr(0, s.find('\n'));
-}
 
 // export/openvino_ir.py key(): what the recorded IR was converted from, and by which OpenVINO.
 std::string ir_key(const std::string &source_sha256) {
@@ -72,88 +74,87 @@ ov::Tensor view_of_out(Tensor &t) {  // the caller's output storage, already siz
     return ov::Tensor(ov::element::f32, ov::Shape(t.shape.begin(), t.shape.end()), t.data());
 }
 
-// One compiled model and its infer request (used under `lock` only).
-struct OvModel {
-    ov::CompiledModel compiled;
-    ov::InferRequest request;
-    std::mutex lock;
-};
+bool all_finite(const Tensor &t) {
+    for (float v : t.values)
+        if (!std::isfinite(v)) return false;
+    return true;
+}
+
+ModelSource source_of(const Manifest &manifest, const FileEntry &entry) {
+    ModelSource source{path_join(manifest.folder, entry.file), {}};
+    for (const std::string &f : entry.data_files) source.weights.push_back(path_join(manifest.folder, f));
+    if (entry.data_files.empty() || entry.file.size() < 4 || entry.file.substr(entry.file.size() - 4) != ".xml")
+        source.weights.push_back(source.path);  // an ONNX graph may hold its weights inside
+    return source;
+}
 
 class OpenVinoExecutor : public Executor {
 public:
-    OpenVinoExecutor(const Manifest &manifest, const std::map<std::string, FileEntry> &files, int num_threads) {
-        ov::AnyMap config{{"INFERENCE_PRECISION_HINT", "f32"},  // fp32 stays exact (no bf16 on AMX/AVX512 CPUs)
-                          {"PERFORMANCE_HINT", "LATENCY"},
-                          {"NUM_STREAMS", "1"},
-                          // OpenVINO 2026.4's shape-specialized primitive cache gave wrong results for a UNet
-                          // call at one size after another size (engine/openvino_backend.py compile_config).
-                          {"CPU_RUNTIME_CACHE_CAPACITY", "0"}};
-        if (num_threads > 0) config["INFERENCE_NUM_THREADS"] = num_threads;
-        for (const char *name : kModels) load(path_join(manifest.folder, files.at(name).file), name, config);
+    OpenVinoExecutor(const Manifest &manifest, const std::map<std::string, FileEntry> &files, int num_threads,
+                     std::string dtype)
+        : dtype_(std::move(dtype)), num_threads_(num_threads) {
+        for (const auto &[name, entry] : files) sources_[name] = source_of(manifest, entry);
+        const ov::AnyMap config = openvino_config(dtype_, num_threads);
+        for (const char *name : {"text_encoder", "vae_encoder", "vae_decoder"})
+            dynamic_[name] = std::make_unique<DynamicModel>(core_, sources_.at(name), name, config);
+        unet_ = std::make_unique<SampleModel>(core_, sources_.at("unet"), "unet", config);
     }
 
     std::string name() const override { return "openvino"; }
+    std::string dtype() const override { return dtype_; }
 
     void text_encoder(const std::vector<int64_t> &ids, Tensor &hidden) override {
         const size_t b = static_cast<size_t>(hidden.shape[0]);
         ov::Tensor in(ov::element::i64, ov::Shape{b, ids.size() / b}, const_cast<int64_t *>(ids.data()));
-        run("text_encoder", {{"input_ids", in}}, {{"hidden_states", view_of_out(hidden)}});
+        dynamic_.at("text_encoder")->run({{"input_ids", in}}, {{"hidden_states", view_of_out(hidden)}});
     }
 
     void unet(const Tensor &sample, const Tensor &timestep, const Tensor &emb, Tensor &noise_pred) override {
-        run("unet", {{"sample", view_of(sample)}, {"timestep", view_of(timestep)}, {"encoder_hidden_states", view_of(emb)}},
-            {{"noise_pred", view_of_out(noise_pred)}});
+        unet_->run({{"sample", &sample}, {"timestep", &timestep}, {"encoder_hidden_states", &emb}},
+                   {{"noise_pred", &noise_pred}});
     }
 
     void vae_encoder(const Tensor &image, Tensor &mean, Tensor &std_dev) override {
-        run("vae_encoder", {{"image", view_of(image)}}, {{"mean", view_of_out(mean)}, {"std", view_of_out(std_dev)}});
+        const Named in{{"image", view_of(image)}}, out{{"mean", view_of_out(mean)}, {"std", view_of_out(std_dev)}};
+        dynamic_.at("vae_encoder")->run(in, out);
+        if (dtype_ != "fp32" && !(all_finite(mean) && all_finite(std_dev))) twin("vae_encoder").run(in, out);
     }
 
     void vae_decoder(const Tensor &latent, Tensor &image) override {
-        run("vae_decoder", {{"latent", view_of(latent)}}, {{"image", view_of_out(image)}});
+        const Named in{{"latent", view_of(latent)}}, out{{"image", view_of_out(image)}};
+        dynamic_.at("vae_decoder")->run(in, out);
+        if (dtype_ != "fp32" && !all_finite(image)) twin("vae_decoder").run(in, out);
     }
 
     // seeded_noise: the portable generator (executor.h default); parity with Python goes through injected draws.
 
 private:
-    using Named = std::vector<std::pair<const char *, ov::Tensor>>;
-
-    void load(const std::string &path, const char *name, const ov::AnyMap &config) {
-        auto model = std::make_unique<OvModel>();
-        try {
-            model->compiled = core_.compile_model(core_.read_model(path), "CPU", config);
-            model->request = model->compiled.create_infer_request();
-        } catch (const std::exception &err) {
-            fail(CYCLEDIFF_ERR_EXECUTOR, std::string("cannot compile the OpenVINO model ") + name + " from " + path +
-                                             ": " + first_line(err.what()) + "; re-export");
-        }
-        models_[name] = std::move(model);
-    }
-
-    // Inputs and outputs are views of the caller's memory: OpenVINO writes the outputs in place. An output whose
-    // shape disagrees with the graph's is an OpenVINO error here, not a silent copy.
-    void run(const char *name, const Named &inputs, const Named &outputs) {
-        OvModel &m = *models_.at(name);
-        std::lock_guard<std::mutex> guard(m.lock);
-        try {
-            for (const auto &[port, t] : inputs) m.request.set_tensor(port, t);
-            for (const auto &[port, t] : outputs) m.request.set_tensor(port, t);
-            m.request.infer();
-        } catch (const std::exception &err) {
-            fail(CYCLEDIFF_ERR_EXECUTOR, std::string("OpenVINO ") + name + " failed: " + first_line(err.what()));
-        }
+    // The fp32 twin of a VAE part, compiled the first time a bf16 output overflows.
+    DynamicModel &twin(const char *name) {
+        std::lock_guard<std::mutex> guard(twins_lock_);
+        std::unique_ptr<DynamicModel> &m = twins_[name];
+        if (!m) m = std::make_unique<DynamicModel>(core_, sources_.at(name), std::string(name) + " (fp32 re-run)",
+                                                   openvino_config("fp32", num_threads_));
+        return *m;
     }
 
     ov::Core core_;  // first member: destroyed after the compiled models that came from it
-    std::map<std::string, std::unique_ptr<OvModel>> models_;
+    std::string dtype_;
+    int num_threads_;
+    std::map<std::string, ModelSource> sources_;
+    std::map<std::string, std::unique_ptr<DynamicModel>> dynamic_;
+    std::unique_ptr<SampleModel> unet_;
+    std::mutex twins_lock_;
+    std::map<std::string, std::unique_ptr<DynamicModel>> twins_;
 };
 
 }  // namespace
 
 std::unique_ptr<Executor> openvino_executor_open(const Manifest &manifest, const ExecutorOptions &options) {
     std::map<std::string, FileEntry> files = model_files(manifest);
+    if (options.dtype == "bf16") require_bf16_cpu(ov::Core().get_property("CPU", ov::device::capabilities));
     manifest.verify(files, options.verify_hashes);
-    return std::make_unique<OpenVinoExecutor>(manifest, files, options.num_threads);
+    return std::make_unique<OpenVinoExecutor>(manifest, files, options.num_threads, options.dtype);
 }
 
 }  // namespace cyclediff

@@ -85,6 +85,7 @@ public:
     }
 
     std::string name() const override { return "tensorrt"; }
+    std::string dtype() const override { return "fp16"; }  // its plans' (a VAE re-run in fp32 aside)
 
     void text_encoder(const std::vector<int64_t> &ids, Tensor &hidden) override {
         const int64_t b = hidden.shape[0];

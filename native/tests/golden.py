@@ -128,8 +128,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("what", choices=["tokenizer", "schedule", "export", "parity", "check_code", "committed"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--ckpt", default="tiny")
-    parser.add_argument("--backend", default="torch", choices=["torch", "openvino"],
-                        help="the Python backend whose outputs parity records and check_code compares with")
+    parser.add_argument("--backend", default="torch", choices=["torch", "openvino", "openvino-bf16"],
+                        help="the Python backend (and dtype) whose outputs parity records and check_code compares "
+                             "with (fixture.py BACKENDS)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what in ("export", "parity", "check_code"):

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "error.h"
+#include "dtype.h"
 #include "executor.h"
 
 namespace cyclediff {
@@ -60,6 +61,7 @@ private:
 std::unique_ptr<Executor> executor_open(const Manifest &manifest, const ExecutorOptions &options) {
     require(options.name == "auto" || options.name == "stub", CYCLEDIFF_ERR_EXECUTOR,
             "the test build has only the \"stub\" executor, not \"" + options.name + "\"");
+    resolve_dtype("stub", options.dtype);  // the dtype rules of the real executors (fp32 only here)
     manifest.verify(manifest.executor_files("torchscript"), options.verify_hashes);
     return std::make_unique<StubExecutor>(manifest.dims);
 }

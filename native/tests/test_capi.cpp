@@ -7,6 +7,8 @@
 
 #include "check.h"
 #include "cyclediff.h"
+#include "dtype.h"
+#include "error.h"
 #include "files.h"
 #include "synthetic_export.h"
 
@@ -44,7 +46,8 @@ void check_defaults() {
     CHECK(p.strength == 0.8 && p.num_inference_steps == 50 && p.guidance_scale == 7.5 && p.source_guidance_scale == 1.0 &&
           p.eta == 0.1 && p.seed == 0 && p.num_images_per_prompt == 1 && p.clip_skip == -1);
     cyclediff_engine_options o = cyclediff_engine_options_default();
-    CHECK(std::strcmp(o.executor, "auto") == 0 && o.max_batch == 16 && o.num_threads == 0 && o.verify_hashes == 1);
+    CHECK(std::strcmp(o.executor, "auto") == 0 && o.max_batch == 16 && o.num_threads == 0 && o.verify_hashes == 1 &&
+          o.dtype == nullptr);
     CHECK(std::strcmp(cyclediff_status_name(CYCLEDIFF_ERR_HASH_MISMATCH), "CYCLEDIFF_ERR_HASH_MISMATCH") == 0);
     CHECK(std::strcmp(cyclediff_status_name(static_cast<cyclediff_status>(999)), "CYCLEDIFF_ERR_UNKNOWN") == 0);
     g_checks += 4;
@@ -61,9 +64,30 @@ void check_create(const std::string &dir) {
     o.executor = "no-such-executor";
     EXPECT_STATUS(cyclediff_engine_create(dir.c_str(), &o, &e), CYCLEDIFF_ERR_EXECUTOR);
     CHECK(e == nullptr);
+    o = cyclediff_engine_options_default();
+    o.dtype = "fp64";
+    EXPECT_STATUS(cyclediff_engine_create(dir.c_str(), &o, &e), CYCLEDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(std::strstr(cyclediff_last_error(), "dtype must be \"fp32\", \"bf16\", \"fp16\"") != nullptr);
+    o.dtype = "bf16";  // the stub, like torch, runs fp32 only
+    EXPECT_STATUS(cyclediff_engine_create(dir.c_str(), &o, &e), CYCLEDIFF_ERR_INVALID_ARGUMENT);
+    CHECK(std::strstr(cyclediff_last_error(), "bf16 runs on executor \"openvino\"") != nullptr);
+    g_checks += 2;
     EXPECT_STATUS(cyclediff_engine_get_info(nullptr, nullptr), CYCLEDIFF_ERR_INVALID_ARGUMENT);
     cyclediff_engine_free(nullptr);
     cyclediff_code_free(nullptr);
+}
+
+// bf16 on a CPU whose capabilities lack BF16 (what OpenVINO reports there) is refused with the fix.
+void check_bf16_refusal() {
+    try {
+        cyclediff::require_bf16_cpu({"FP32", "INT8", "BIN", "EXPORT_IMPORT"});
+        CHECK_MSG(false, "bf16 without BF16 in the CPU's capabilities is refused");
+    } catch (const cyclediff::Error &err) {
+        CHECK_EQ(err.status(), CYCLEDIFF_ERR_UNSUPPORTED);
+        CHECK(std::strstr(err.what(), "AVX512_BF16 or AMX") != nullptr && std::strstr(err.what(), "Use dtype \"fp32\""));
+    }
+    cyclediff::require_bf16_cpu({"FP32", "BF16"});
+    g_checks += 3;
 }
 
 void check_encode_args(cyclediff_engine *e) {
@@ -242,6 +266,7 @@ int main(int argc, char **argv) {
     te::write_manifest(work + "/export_b", manifest);
     check_defaults();
     check_create(work + "/export_a");
+    check_bf16_refusal();
     cyclediff_engine *e = open(work + "/export_a"), *other = open(work + "/export_b");
     if (!e || !other) return check::finish("test_capi", g_checks);
     check_encode_args(e);

@@ -156,7 +156,10 @@ int main(int argc, char **argv) {
     g_tolerance = golden.value("tolerance", g_tolerance);
     const int rgb8_tolerance = golden.value("rgb8_tolerance", 0);
     const bool seeded = golden.value("seeded", true);
+    const std::string dtype = golden.value("dtype", std::string("fp32"));
     o.executor = executor.c_str();
+    o.dtype = dtype.c_str();
+    o.num_threads = golden.value("threads", 0);  // Python's: the same kernels' partitioning
     if (cyclediff_engine_create(golden.at("export").get<std::string>().c_str(), &o, &e) != CYCLEDIFF_OK) {
         std::fprintf(stderr, "engine: %s\n", cyclediff_last_error());
         return 1;
@@ -164,9 +167,10 @@ int main(int argc, char **argv) {
     cyclediff_engine_info info{};
     cyclediff_engine_get_info(e, &info);
     CHECK_MSG(executor == info.executor, "the engine runs the executor cases.json names");
+    CHECK_MSG(dtype == info.dtype, "the engine runs the dtype cases.json names");
     CHECK_MSG(golden.at("digest").get<std::string>() == info.digest, "manifest digest equals Python's Manifest.digest");
     Image img{golden.at("width"), golden.at("height"), golden.at("rgb").get<std::vector<uint8_t>>()};
-    int checks = 2;  // the executor and the digest
+    int checks = 3;  // the executor, the dtype and the digest
     for (const json &c : golden.at("cases")) {
         std::printf("%s (%s)\n", c.at("name").get<std::string>().c_str(), c.at("op").get<std::string>().c_str());
         Draws d{floats(c.at("draws").at("n_vae")), floats(c.at("draws").at("n0")), floats(c.at("draws").at("steps"))};
@@ -180,6 +184,7 @@ int main(int argc, char **argv) {
         checks += seeded ? 4 : 3;
     }
     cyclediff_engine_free(e);
-    std::printf("Python vs C++ (%s): worst max abs diff %.3g (tolerance %.0e)\n", executor.c_str(), g_worst, g_tolerance);
+    std::printf("Python vs C++ (%s %s): worst max abs diff %.3g (tolerance %.0e)\n", executor.c_str(), dtype.c_str(),
+                g_worst, g_tolerance);
     return check::finish("test_parity", checks);
 }

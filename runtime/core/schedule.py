@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,19 @@ def num_edit_steps(num_inference_steps: int, strength: float) -> int:
     return min(int(num_inference_steps * strength), num_inference_steps)
 
 
+def torch_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """`v ** 0.5` on a 0-dim float32 tensor, as diffusers' DDIMScheduler: torch's CPU sqrt is MKL's, 1 ulp off the
+    correctly rounded value for about 0.6 % of inputs."""
+    return v ** (0.5)
+
+
+def rounded_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded float32 square root (numpy's, std::sqrt's): what libcyclediff's executors without
+    libtorch compute, so that the openvino backend's Python and C++ tables are bit-equal (a 1-ulp coefficient
+    difference grows to 9/255 per pixel through a bf16 UNet on a random-weight model)."""
+    return torch.from_numpy(np.asarray(np.sqrt(v.detach().cpu().numpy().astype(np.float32))))
+
+
 COEFFICIENTS = ("sqrt_a", "sqrt_b", "sqrt_a_prev", "dir_coef", "sigma", "sigma_den")
 
 
@@ -155,7 +169,10 @@ class StepTable:
         return {n: getattr(self, n).to(device) for n in COEFFICIENTS}
 
     @classmethod
-    def build(cls, cfg: SchedulerConfig, num_inference_steps: int, strength: float, eta: float) -> "StepTable":
+    def build(cls, cfg: SchedulerConfig, num_inference_steps: int, strength: float, eta: float,
+              sqrt: Callable[[torch.Tensor], torch.Tensor] = torch_sqrt) -> "StepTable":
+        """sqrt: how each coefficient's square root is rounded: torch's (the reference's, default) or
+        `rounded_sqrt` (see there)."""
         check_schedule_args(num_inference_steps, strength, eta)
         init = num_edit_steps(num_inference_steps, strength)
         if init == 0:
@@ -169,7 +186,7 @@ class StepTable:
         ratio = cfg.num_train_timesteps // num_inference_steps
         cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("sa", "sb", "sap", "sig", "den", "dir")}
         for t in steps:
-            _append_coefs(cols, ac, final, t, t - ratio, eta)
+            _append_coefs(cols, ac, final, t, t - ratio, eta, sqrt)
         return cls(
             timesteps=torch.tensor(steps, dtype=torch.int64),
             sqrt_a=torch.stack(cols["sa"]),
@@ -186,14 +203,14 @@ class StepTable:
         )
 
 
-def _append_coefs(cols, ac: torch.Tensor, final: torch.Tensor, t: int, prev: int, eta: float) -> None:
+def _append_coefs(cols, ac: torch.Tensor, final: torch.Tensor, t: int, prev: int, eta: float, sqrt) -> None:
     a_t = ac[t]
     a_prev = ac[prev] if prev >= 0 else final
     variance = ((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)  # DDIMScheduler._get_variance
-    sigma = eta * variance ** (0.5)
-    cols["sa"].append(a_t ** (0.5))
-    cols["sb"].append((1 - a_t) ** (0.5))
-    cols["sap"].append(a_prev ** (0.5))
+    sigma = eta * sqrt(variance)
+    cols["sa"].append(sqrt(a_t))
+    cols["sb"].append(sqrt(1 - a_t))
+    cols["sap"].append(sqrt(a_prev))
     cols["sig"].append(sigma)
-    cols["den"].append(variance ** (0.5) * eta)
-    cols["dir"].append((1 - a_prev - sigma**2) ** (0.5))
+    cols["den"].append(sqrt(variance) * eta)
+    cols["dir"].append(sqrt(1 - a_prev - sigma**2))

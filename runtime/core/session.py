@@ -18,7 +18,7 @@ from cyclediff.runtime.core.memory_plan import MemoryBudgetError, MemoryPlanner,
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.progress import ProgressBars
 from cyclediff.runtime.core.prompts import PromptEncoder
-from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
+from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable, rounded_sqrt, torch_sqrt
 from cyclediff.runtime.core.workspaces import Workspaces
 
 
@@ -37,7 +37,10 @@ class Core:
         self.runners = runners
         self.scheduler = SchedulerConfig.from_json(manifest.scheduler)
         # Tables are immutable and a repeat decode asks for the same one: build each (steps, strength, eta) once.
-        self.table = functools.lru_cache(maxsize=32)(functools.partial(StepTable.build, self.scheduler))
+        # openvino rounds the square roots as libcyclediff's OpenVINO executor does (schedule.rounded_sqrt), so
+        # one export's Python and C++ edits agree; every other backend rounds as torch (the reference).
+        sqrt = rounded_sqrt if backend == "openvino" else torch_sqrt
+        self.table = functools.lru_cache(maxsize=32)(functools.partial(StepTable.build, self.scheduler, sqrt=sqrt))
         self.workspaces = Workspaces(self.device, config.max_concurrency)
         # Working memory on top of the loaded weights: every in-flight call's workspace plus ONE model call at a
         # time (the dispatcher runs them one by one), so a call's peak follows from the shapes before it starts.
