@@ -138,11 +138,10 @@ def native_child(args, impl: str, size: int, folder: Path) -> dict:
         edit_latency.sample_image(size).save(src)
         cmd = [str(host), str(folder), str(src), str(out), SOURCE, TARGET, str(args.steps), str(args.strength), "0",
                "openvino", impl_dtype(impl)[1]]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
-            return {"impl": impl, "size": size, "error": f"exit {done.returncode}: {tail[:120]}"}
-        row = {"impl": impl, "size": size, "peak_cuda": None, **json.loads(done.stdout.strip().splitlines()[-1])}
+        row = run_row(cmd, impl, size)
+        if "error" in row:
+            return row
+        row = {"impl": impl, "size": size, "peak_cuda": None, **row}
         if args.save_images:
             path = Path(args.save_images) / f"{impl}-{size}.npy"
             np.save(path, np.asarray(PIL.Image.open(out).convert("RGB"), dtype=np.float32) / 255.0)
@@ -157,7 +156,12 @@ def child(args, impl: str, size: int, folder: Path) -> dict:
            "--steps", str(args.steps), "--strength", str(args.strength), "--device", args.device]
     cmd += ["--timings"] if args.timings else []
     cmd += ["--save-images", args.save_images] if args.save_images else []
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # a crash or OOM kill is a row
+    return run_row(cmd, impl, size)
+
+
+def run_row(cmd: list[str], impl: str, size: int) -> dict:
+    """Run one row's process; its last stdout line is the row (JSON). A crash or OOM kill is an error row."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["killed"])[-1]
         return {"impl": impl, "size": size, "error": f"exit {done.returncode}: {tail[:120]}"}
@@ -298,8 +302,9 @@ def timing_table(rows: list[dict], peaks: dict[str, float], folder: Path) -> str
 
 def native_table(rows: list[dict]) -> str:
     """Each C++ host row against the fastest Python cyclediff row of the same dtype and size (warm edits)."""
-    lines = ["| size | C++ host | its warm edit (s) | peak RSS (GB) | libtorch loaded | fastest Python, same dtype | "
-             "its warm edit (s) | its peak RSS (GB) | C++ speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| size | C++ host | its warm edit (s) | peak RSS (GB) | libtorch loaded | fastest Python, same dtype | "
+              "its warm edit (s) | its peak RSS (GB) | C++ speed-up |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     done = [r for r in rows if "warm_s" in r]
     for r in (r for r in done if r["impl"].startswith("native-")):
         dtype = impl_dtype(r["impl"])[1]

@@ -18,14 +18,12 @@ std::vector<std::string> dtypes_of(const std::string &executor) {
 
 }  // namespace
 
-std::string default_dtype(const std::string &executor) { return dtypes_of(executor).front(); }
-
 std::string resolve_dtype(const std::string &executor, const std::string &requested) {
     require(requested.empty() || requested == "fp32" || requested == "bf16" || requested == "fp16",
             CYCLEDIFF_ERR_INVALID_ARGUMENT,
             "dtype must be \"fp32\", \"bf16\", \"fp16\" or empty (the executor's default), got \"" + requested + "\"");
-    if (requested.empty()) return default_dtype(executor);
-    const std::vector<std::string> ok = dtypes_of(executor);
+    const std::vector<std::string> ok = dtypes_of(executor);  // the first is the executor's default
+    if (requested.empty()) return ok.front();
     if (std::find(ok.begin(), ok.end(), requested) != ok.end()) return requested;
     const std::string runs = requested == "bf16" ? "executor \"openvino\" (a CPU with bf16)"
                              : requested == "fp16" ? "executor \"tensorrt\" (a CUDA GPU and the export's plans)"

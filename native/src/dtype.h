@@ -6,10 +6,7 @@
 
 namespace cyclediff {
 
-// The executor's default precision when none is asked ("" or NULL in cyclediff_engine_options.dtype).
-std::string default_dtype(const std::string &executor);
-
-// `requested` ("" = default) checked against what `executor` runs: openvino fp32 | bf16, torch fp32,
+// `requested` ("" = the executor's default: the first it runs) checked against what `executor` runs: openvino fp32 | bf16, torch fp32,
 // tensorrt fp16 (its plans), stub fp32. Returns the resolved dtype; an unknown or unsupported one is
 // CYCLEDIFF_ERR_INVALID_ARGUMENT naming the executor that does run it.
 std::string resolve_dtype(const std::string &executor, const std::string &requested);

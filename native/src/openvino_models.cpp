@@ -21,6 +21,11 @@ std::string first_line(const char *what) {
     return s.substr(0, s.find('\n'));
 }
 
+[[noreturn]] void cannot_compile(const std::string &name, const std::string &path, const std::exception &err) {
+    fail(CYCLEDIFF_ERR_EXECUTOR,
+         "cannot compile the OpenVINO model " + name + " from " + path + ": " + first_line(err.what()) + "; re-export");
+}
+
 // A batch-1 view of sample i of t: (B, ...) -> (1, ...), or (B,) -> (1,).
 ov::Tensor sample_view(const Tensor &t, int64_t i) {
     ov::Shape shape(t.shape.begin(), t.shape.end());
@@ -57,8 +62,7 @@ DynamicModel::DynamicModel(ov::Core &core, const ModelSource &source, const std:
         compiled_ = core.compile_model(core.read_model(source.path), "CPU", config);
         request_ = compiled_.create_infer_request();
     } catch (const std::exception &err) {
-        fail(CYCLEDIFF_ERR_EXECUTOR, "cannot compile the OpenVINO model " + name + " from " + source.path + ": " +
-                                         first_line(err.what()) + "; re-export");
+        cannot_compile(name, source.path, err);
     }
 }
 
@@ -117,8 +121,7 @@ void SampleModel::compile_for(const SampleShapes &sample_shapes) {
         compiled_ = core_.compile_model(model, "CPU", config_);
         request_ = compiled_.create_infer_request();
     } catch (const std::exception &err) {
-        fail(CYCLEDIFF_ERR_EXECUTOR, "cannot compile the OpenVINO model " + name_ + " from " + source_.path + ": " +
-                                         first_line(err.what()) + "; re-export");
+        cannot_compile(name_, source_.path, err);
     }
     held_ = sample_shapes;
 }
