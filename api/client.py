@@ -53,12 +53,13 @@ class Client:
     def edit(self, image, source_prompt: str, prompt: str | list[str], *, strength: float | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None,
              source_guidance_scale: float | None = None, eta: float | None = None, seed: int | None = None,
-             output_format: str = "png", timeout_s: float | None = None):
-        """One prompt: a PIL image (output_format 'npy': a float32 (H, W, 3) array). A list: a list of them."""
+             output_format: str = "png", timeout_s: float | None = None, decoder: bool | None = None):
+        """One prompt: a PIL image (output_format 'npy': a float32 (H, W, 3) array). A list: a list of them.
+        decoder=True: decoded by the service's second export (cyclediff-serve --decoder-engine)."""
         fields = _fields(source_prompt=source_prompt, prompt=prompt, strength=strength,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          source_guidance_scale=source_guidance_scale, eta=eta, seed=seed,
-                         output_format=output_format, timeout_s=timeout_s)
+                         output_format=output_format, timeout_s=timeout_s, decoder=decoder)
         response = self._send("POST", "/v1/edit", data=fields, files={"image": ("image", _image_bytes(image))})
         return _images(response, output_format, isinstance(prompt, list))
 
@@ -72,10 +73,10 @@ class Client:
                           files={"image": ("image", _image_bytes(image))}).content
 
     def decode(self, code: bytes | str | Path, prompt: str | list[str], *, guidance_scale: float | None = None,
-               output_format: str = "png", timeout_s: float | None = None):
+               output_format: str = "png", timeout_s: float | None = None, decoder: bool | None = None):
         data = code if isinstance(code, bytes) else Path(code).read_bytes()
         fields = _fields(prompt=prompt, guidance_scale=guidance_scale, output_format=output_format,
-                         timeout_s=timeout_s)
+                         timeout_s=timeout_s, decoder=decoder)
         response = self._send("POST", "/v1/decode", data=fields, files={"code": ("code", data)})
         return _images(response, output_format, isinstance(prompt, list))
 

@@ -95,10 +95,32 @@ class Manifest:
         except (KeyError, TypeError) as err:
             raise ManifestError(f"manifest is malformed ({err!r}); re-run `cyclediff-export`") from err
 
+    def identity(self) -> dict[str, Any]:
+        """What a LatentCode's meaning depends on: the models' content (checkpoint bytes, fused LoRAs, each
+        graph's sha256, the tokenizer) and the schedule. Nothing incidental: not paths, tool versions, or the
+        derived programs and caches under `extra` (re-running an export, or adding --torchscript, keeps it)."""
+        ckpt = {"content_hash": self.checkpoint.get("content_hash"),
+                "loras": [{"sha256": lo["sha256"], "scale": lo["scale"]} for lo in self.checkpoint.get("loras", [])]}
+        return {"schema_version": self.schema_version, "checkpoint": ckpt, "scheduler": self.scheduler,
+                "dims": dataclasses.asdict(self.dims), "vae_scaling_factor": self.vae_scaling_factor,
+                "sample_size": self.sample_size, "models": {k: v.sha256 for k, v in self.models.items()},
+                "tokenizer_files": self.tokenizer_files}
+
     @property
     def digest(self) -> str:
-        """Identity of this export: sha256 of the canonical JSON. LatentCodes record it."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+        """Identity of this export: sha256 of the canonical JSON of identity(). LatentCodes record it; the C++
+        host computes the same (native/src/manifest.cpp)."""
+        return _sha256_json(self.identity())
+
+    @property
+    def legacy_digest(self) -> str:
+        """The digest cyclediff wrote into codes before 0.2 (the whole manifest's JSON): codes saved then still
+        decode on the export that made them, while that export is unchanged."""
+        return _sha256_json(self.to_json())
+
+    def made(self, digest: str) -> bool:
+        """Did this export (unchanged) make a code or inversion that records `digest`?"""
+        return digest in (self.digest, self.legacy_digest)
 
     @classmethod
     def load(cls, folder: str | Path, verify_files: bool = True) -> Manifest:
@@ -124,6 +146,10 @@ class Manifest:
 
     def save(self, folder: Path) -> None:
         atomic_write_text(folder / MANIFEST, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _not_an_export(folder: Path) -> str:

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", metavar="T",
                    help="target text; repeat for several edits of one shared encoding")
     p.add_argument("--out", metavar="OUT", help="output image (.png, .jpg, .jpeg, .webp)")
+    p.add_argument("--decoder-engine", metavar="DIR",
+                   help="decode with this export instead: another checkpoint in --engine's latent space (a "
+                        "fine-tune of it, or it with a LoRA fused), i.e. translation between two models. "
+                        "--source-prompt is encoded by --engine, every --prompt by this one; --code decodes here")
     _add_edit_flags(p)
     _add_engine_flags(p)
     p.add_argument("--grid", action="store_true", help="also write a before/after contact sheet OUTSTEM_grid.png")
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.method == "pix2pix-zero":
+            if args.decoder_engine is not None:
+                raise CliError("--decoder-engine decodes CycleDiffusion codes; it does not combine with --method "
+                               "pix2pix-zero")
             return pix2pix_cli.run(args) or 0
         if args.jobs is not None:
             from cyclediff.runtime import jobs  # imports this module: loaded only when asked for
@@ -212,13 +219,14 @@ def _run(args: argparse.Namespace) -> None:
             image = fit_sample(image, engine.manifest.sample_size)
         elif image is not None:
             check_image_size(image, engine, quiet=args.quiet)
+        decoder = load_decoder(args, engine)
         if code is None:
             result = engine.run(edit_request(args.prompt, args.source_prompt, image, params, args.seed,
-                                             args.clip_skip))
+                                             args.clip_skip), decoder=decoder)
             edits, code = result.images, result.code
         else:
             _note_code_flags(args)
-            edits = decode_all(engine, code, args.prompt, params.guidance_scale, args.clip_skip)
+            edits = decode_all(decoder or engine, code, args.prompt, params.guidance_scale, args.clip_skip)
         _stage(files, outputs, image, edits, code, args)
 
     staged_run(args, outputs.every, read, work)
@@ -257,6 +265,20 @@ def load_engine(args: argparse.Namespace, progress: bool | None = None):
                            threads=args.threads, verify=args.verify, max_memory=args.max_memory)
     except ImportError as err:
         raise CliError(f"--backend {args.backend} is not available here ({err}); try --backend onnxruntime") from err
+
+
+def load_decoder(args: argparse.Namespace, engine, progress: bool | None = None):
+    """--decoder-engine, loaded with --engine's flags and checked against it before any compute: None without it."""
+    if args.decoder_engine is None:
+        return None
+    if Path(args.decoder_engine).resolve() == Path(args.engine).resolve():
+        return engine  # one export: today's edit exactly, without a second copy of the models
+    decoder = load_engine(argparse.Namespace(**{**vars(args), "engine": args.decoder_engine}), progress)
+    why = engine.space.incompatibilities(decoder.space)
+    if why:
+        raise CliError(f"--decoder-engine {args.decoder_engine} cannot decode codes of --engine {args.engine}: "
+                       f"{'; '.join(why)} (pass a fine-tune of the same base model)")
+    return decoder
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:

@@ -29,7 +29,7 @@ class EditOutput:
 # Read-only views of the core that callers and tools use (manifest, backend, device, ...): looked up on the Core,
 # never copied, so the Core stays their one owner.
 _CORE_VIEWS = frozenset({"folder", "manifest", "config", "backend", "device", "runners", "scheduler", "workspaces",
-                         "planner", "dispatcher", "prompts"})
+                         "planner", "dispatcher", "prompts", "space"})
 
 
 class Engine:
@@ -89,41 +89,51 @@ class Engine:
              guidance_scale: float = 7.5, source_guidance_scale: float = 1, num_images_per_prompt: int = 1,
              eta: float = 0.1, generator=None, prompt_embeds: torch.Tensor | None = None, output_type: str = "pil",
              return_dict: bool = True, callback=None, callback_steps: int = 1, cross_attention_kwargs=None,
-             clip_skip: int | None = None):
+             clip_skip: int | None = None, decoder: "Engine | None" = None):
         """CycleDiffusionPipeline.__call__, argument for argument: encode with the source prompt, decode with
-        the target. With guidance_scale <= 1 the source is unguided (source_guidance_scale ignored), as there."""
+        the target. With guidance_scale <= 1 the source is unguided (source_guidance_scale ignored), as there.
+
+        decoder: another Engine (e.g. a fine-tune of this checkpoint) that decodes the code: translation between
+        two models (the paper's Section 4.1). The source prompt is encoded by this engine's text encoder, the
+        target by the decoder's; a decoder whose latent space differs is refused (runtime/core/latent_space.py)."""
         params = EditParams(strength, num_inference_steps, guidance_scale, source_guidance_scale, eta)
         result = self.run(EditRequest(prompt, source_prompt, image, params, generator, num_images_per_prompt,
                                       prompt_embeds, output_type, callback, callback_steps, clip_skip,
-                                      cross_attention_kwargs=cross_attention_kwargs))
+                                      cross_attention_kwargs=cross_attention_kwargs), decoder=decoder)
         return result if return_dict else (result.images, None)
 
     def edit_prompts(self, prompts, source_prompt, image, strength: float = 0.8, num_inference_steps: int = 50,
                      guidance_scale: float = 7.5, source_guidance_scale: float = 1, eta: float = 0.1,
                      generator=None, output_type: str = "pil", callback=None, callback_steps: int = 1,
-                     clip_skip: int | None = None) -> EditOutput:
+                     clip_skip: int | None = None, decoder: "Engine | None" = None) -> EditOutput:
         """One image, several target prompts, ONE shared encoding: images[i] is prompts[i]'s edit (what the CLIs,
-        `--jobs` and the service do with a list of prompts). One prompt: exactly Engine.edit."""
+        `--jobs` and the service do with a list of prompts). One prompt: exactly Engine.edit. decoder: as edit's."""
         params = EditParams(strength, num_inference_steps, guidance_scale, source_guidance_scale, eta)
         return self.run(EditRequest(prompts, source_prompt, image, params, generator, output_type=output_type,
                                     callback=callback, callback_steps=callback_steps, clip_skip=clip_skip,
-                                    one_encoding=True))
+                                    one_encoding=True), decoder=decoder)
 
-    def run(self, request):
+    def run(self, request, decoder: "Engine | None" = None):
         """Run a request built by any front door: EncodeRequest -> LatentCode; DecodeRequest, EditRequest
         (runtime/core/requests.py) -> EditOutput; InvertRequest -> InversionCode, Pix2PixZeroRequest -> EditOutput
-        (runtime/methods/pix2pix_zero/requests.py); GuideRequest -> GuideOutput."""
+        (runtime/methods/pix2pix_zero/requests.py); GuideRequest -> GuideOutput. decoder: another Engine that
+        decodes an EditRequest's code (see edit)."""
         from cyclediff.runtime.methods.cycle import runs
         from cyclediff.runtime.methods.guidance.requests import GuideRequest
         from cyclediff.runtime.methods.pix2pix_zero.requests import InvertRequest, Pix2PixZeroRequest
 
+        if decoder is not None and not isinstance(decoder, Engine):
+            raise TypeError(f"decoder must be an Engine (Engine.load of another export), got {type(decoder)}")
+        if decoder is not None and not isinstance(request, EditRequest):
+            raise TypeError("decoder= applies to CycleDiffusion edits; decode a LatentCode with the other "
+                            "engine's decode() instead")
         if isinstance(request, GuideRequest):
             return self.guidance.guide(request)
         if isinstance(request, InvertRequest):
             return self.pix2pix.invert(request)
         if isinstance(request, Pix2PixZeroRequest):
             return EditOutput(self.pix2pix.edit(request))
-        return runs.run(self.core, self.cycle, request, EditOutput)
+        return runs.run(self.core, self.cycle, request, EditOutput, decoder)
 
     # ---- latent-space guidance (paper Section 4.3) ---------------------------------------------------
     def guide(self, prompt, energies=(), start: LatentCode | None = None, height: int | None = None,

@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
     results = list(bad)
     if jobs:
         engine = cli.load_engine(args, progress=False)
-        results += run_all(engine, jobs, args.concurrency, quiet=args.quiet, name=path)
+        decoder = cli.load_decoder(args, engine, progress=False)
+        results += run_all(engine, jobs, args.concurrency, quiet=args.quiet, name=path, decoder=decoder)
     results.sort(key=lambda r: r.line)
     if not args.quiet or any(r.status != "ok" for r in results):
         print(summary(results))
@@ -239,8 +240,8 @@ def _out_of(text: str) -> str:
 
 
 # ---- running --------------------------------------------------------------------------------------------------
-def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) -> list[Result]:
-    """Run the jobs `concurrency` at a time. On Ctrl-C the running jobs stop at their next model call (their
+def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path, decoder=None) -> list[Result]:
+    """Run the jobs `concurrency` at a time (each decoded by `decoder`, another Engine, when given). On Ctrl-C the running jobs stop at their next model call (their
     cancel_scope sees the stop), the queued ones never start, and none of them writes a file."""
     from tqdm.auto import tqdm
 
@@ -248,7 +249,7 @@ def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) 
     results: list[Result] = []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cyclediff-job")
     with tqdm(total=len(jobs), desc="jobs", unit="job", disable=quiet, dynamic_ncols=True) as bar:
-        futures = [pool.submit(run_one, engine, job, stop) for job in jobs]
+        futures = [pool.submit(run_one, engine, job, stop, decoder) for job in jobs]
         try:
             for future in concurrent.futures.as_completed(futures):
                 results.append(future.result())
@@ -268,7 +269,7 @@ def run_all(engine, jobs: list[Job], concurrency: int, quiet: bool, name: Path) 
     return results
 
 
-def run_one(engine, job: Job, stop: threading.Event) -> Result:
+def run_one(engine, job: Job, stop: threading.Event, decoder=None) -> Result:
     """One job, start to finish; any failure is this job's alone and leaves none of its files."""
     def check() -> None:  # runs before every model call of this job (cancel_scope)
         if stop.is_set():
@@ -285,7 +286,7 @@ def run_one(engine, job: Job, stop: threading.Event) -> Result:
             else:
                 cli.check_image_size(image, engine, where=f"line {job.line}: ")
             request = cli.edit_request(job.prompts, job.source_prompt, image, job.params, job.seed, job.clip_skip)
-            cli.stage_images(files, job.outs, engine.run(request).images)
+            cli.stage_images(files, job.outs, engine.run(request, decoder=decoder).images)
             check()
             files.commit()
     except Cancelled:

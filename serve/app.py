@@ -22,7 +22,7 @@ MAX_FORM_FIELDS = 64
 def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) -> FastAPI:
     """The HTTP API over one EngineWorker. Every user mistake is a 4xx JSON {"error", "field"}; past the
     worker's queue, 503 with Retry-After (retry_after_s, rounded up)."""
-    engine = worker.engine
+    engine, decoder = worker.engine, worker.decoder
     dims = engine.manifest.dims
     side = dims.vae_scale * dims.unet_downscale  # pixels per latent cell that the UNet's downsampling needs
     app = FastAPI(title="cyclediff-serve", version="1", description=openapi.DESCRIPTION)
@@ -34,13 +34,14 @@ def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) 
 
     @app.get("/v1/info")
     async def info() -> dict:
-        return _info(engine, limits, side) | {"replica": worker.stats()}
+        return _info(engine, limits, side) | {"decoder": _decoder_info(engine, decoder), "replica": worker.stats()}
 
     @app.post("/v1/edit", openapi_extra=openapi.body("edit"), response_class=Response,
               responses=openapi.IMAGE_RESPONSES)
     async def edit(request: Request) -> Response:
-        job = jobs.edit_job(*await read_fields(request, MAX_FORM_FIELDS), limits)
-        images = await worker.run(lambda token: jobs.run_edit(engine, job, token, limits, side), job.timeout_s)
+        job = jobs.edit_job(*await read_fields(request, MAX_FORM_FIELDS), limits, decoder is not None)
+        images = await worker.run(lambda token: jobs.run_edit(engine, job, token, limits, side, decoder),
+                                  job.timeout_s)
         return _images(images, job.output_format, job.seed)
 
     @app.post("/v1/encode", openapi_extra=openapi.body("encode"), response_class=Response,
@@ -54,8 +55,8 @@ def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) 
     @app.post("/v1/decode", openapi_extra=openapi.body("decode"), response_class=Response,
               responses=openapi.IMAGE_RESPONSES)
     async def decode(request: Request) -> Response:
-        job = jobs.decode_job(*await read_fields(request, MAX_FORM_FIELDS), limits)
-        images = await worker.run(lambda token: jobs.run_decode(engine, job, token), job.timeout_s)
+        job = jobs.decode_job(*await read_fields(request, MAX_FORM_FIELDS), limits, decoder is not None)
+        images = await worker.run(lambda token: jobs.run_decode(engine, job, token, decoder), job.timeout_s)
         return _images(images, job.output_format, None)
 
     app.add_middleware(Admission, worker=worker, retry_after_s=retry_after_s)
@@ -87,6 +88,15 @@ def _info(engine, limits: Limits, side: int) -> dict[str, Any]:
                    "max_steps": limits.max_steps, "request_timeout_s": limits.request_timeout_s},
         "versions": {"cyclediff": cyclediff.__version__, **_versions()}, "export_tools": m.tools,
     }
+
+
+def _decoder_info(engine, decoder) -> dict[str, Any] | None:
+    """The second export requests may decode with (decoder=true), and what differs from the first's latent space."""
+    if decoder is None:
+        return None
+    m = decoder.manifest
+    return {"checkpoint": {k: m.checkpoint.get(k) for k in ("spec", "kind", "content_hash")},
+            "engine_digest": m.digest, "differs": engine.space.differences(decoder.space)}
 
 
 def _versions() -> dict[str, str]:

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="HTTP edit service (CycleDiffusion) on Ray Serve: POST /v1/edit, "
                                             "/v1/encode, /v1/decode; GET /v1/info, /health.")
     p.add_argument("--engine", required=True, metavar="DIR", help="export directory (from cyclediff-export)")
+    p.add_argument("--decoder-engine", metavar="DIR",
+                   help="a second export every replica loads (a fine-tune of --engine's checkpoint, or it with a "
+                        "LoRA fused): /v1/edit and /v1/decode requests with decoder=true decode with it")
     _network_flags(p.add_argument_group("where it runs"))
     _scaling_flags(p.add_argument_group("replicas (each loads one Engine; Serve restarts one that dies)"))
     _engine_flags(p.add_argument_group("engine (per replica, as Engine.load)"))
@@ -106,7 +109,8 @@ def configs(args: argparse.Namespace) -> tuple[EngineSpec, Limits, Scaling]:
     threads = args.threads if args.threads is not None else max(1, int(args.num_cpus_per_replica))
     try:
         spec = EngineSpec(str(Path(args.engine).resolve()), args.backend, args.device, args.dtype, threads,
-                          args.max_batch, args.batch_wait_ms, args.max_concurrency)
+                          args.max_batch, args.batch_wait_ms, args.max_concurrency,
+                          str(Path(args.decoder_engine).resolve()) if args.decoder_engine else None)
         limits = Limits(int(args.max_body_mb * 2**20), args.max_side, args.max_prompts, max_steps=args.max_steps,
                         request_timeout_s=args.request_timeout)
         scaling = Scaling(args.replicas, args.min_replicas, args.max_replicas, args.target_ongoing_requests,
@@ -116,13 +120,16 @@ def configs(args: argparse.Namespace) -> tuple[EngineSpec, Limits, Scaling]:
     return spec, limits, scaling
 
 
-def check_engine(folder: str, backend: str = "auto") -> None:
-    """Fail before Ray starts: a wrong --engine, or a damaged export (see export_check.py)."""
+def check_engine(folder: str, backend: str = "auto", decoder: str | None = None) -> None:
+    """Fail before Ray starts: a wrong --engine or --decoder-engine, a damaged export, a decoder in another latent
+    space (see export_check.py)."""
     from cyclediff.export.manifest import ManifestError
-    from cyclediff.serve.export_check import check_export
+    from cyclediff.serve.export_check import check_decoder, check_export
 
     try:
-        check_export(folder, backend)
+        manifest = check_export(folder, backend)
+        if decoder is not None:
+            check_decoder(manifest, decoder, backend)
     except ManifestError as err:
         raise CliError(str(err)) from None
 
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         spec, limits, scaling = configs(args)
-        check_engine(spec.folder, spec.backend)
+        check_engine(spec.folder, spec.backend, spec.decoder_engine)
         if args.address is None:
             check_port(args.host, args.port)
     except CliError as err:

@@ -22,6 +22,9 @@ class EngineSpec:
     # Requests a replica runs at once: the Engine's max_concurrency AND Serve's max_ongoing_requests, so that a
     # request Serve hands to the replica never waits inside it for an Engine slot.
     max_concurrency: int = 8
+    # A second export each replica loads (a fine-tune of `folder`'s checkpoint): requests with decoder=true are
+    # decoded by it (translation between two models); None: no second export.
+    decoder_engine: str | None = None
 
     def load_kwargs(self) -> dict[str, Any]:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype, "threads": self.threads,

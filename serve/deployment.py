@@ -29,7 +29,13 @@ class EditServer:
             engine = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
         except Exception as err:  # noqa: BLE001 - any load error becomes the one line the command shows
             raise ReplicaLoadError.of(spec.folder, err) from err
-        self.worker = EngineWorker(engine, spec.max_concurrency, scaling.max_queued_requests)
+        decoder = None
+        if spec.decoder_engine is not None:
+            try:
+                decoder = cyclediff.Engine.load(spec.decoder_engine, **spec.load_kwargs())
+            except Exception as err:  # noqa: BLE001 - as above
+                raise ReplicaLoadError.of(spec.decoder_engine, err) from err
+        self.worker = EngineWorker(engine, spec.max_concurrency, scaling.max_queued_requests, decoder)
         self.limits, self.retry_after_s = limits, scaling.retry_after_s
 
     def __serve_build_asgi_app__(self):

@@ -11,7 +11,7 @@ from cyclediff.export.manifest import MANIFEST, Manifest, ManifestError
 VERIFY = "fast"  # sizes + sampled-block stamps, as Engine.load's default (export/integrity.py)
 
 
-def check_export(folder: str | Path, backend: str = "auto") -> Manifest:
+def check_export(folder: str | Path, backend: str = "auto", flag: str = "--engine") -> Manifest:
     """ManifestError (one line, naming the problem and the fix) unless the export can be served.
 
     As Core.open starts: the manifest and its tokenizer files; then every file the manifest records (models,
@@ -19,7 +19,7 @@ def check_export(folder: str | Path, backend: str = "auto") -> Manifest:
     exported graphs, so only its replica checks what it reads."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
-        raise ManifestError(f"--engine {folder}: no {MANIFEST} there; pass a folder made by cyclediff-export "
+        raise ManifestError(f"{flag} {folder}: no {MANIFEST} there; pass a folder made by cyclediff-export "
                           "(e.g. cyclediff-export --ckpt tiny --out exports/tiny)")
     try:
         manifest = Manifest.load(folder, verify_files=False)
@@ -27,11 +27,23 @@ def check_export(folder: str | Path, backend: str = "auto") -> Manifest:
         if backend != "torch":
             _check_files(folder, manifest)
     except ManifestError as err:  # its message already says how to fix it
-        raise ManifestError(f"--engine {folder}: {_one_line(err)}") from None
+        raise ManifestError(f"{flag} {folder}: {_one_line(err)}") from None
     except (ValueError, TypeError, AttributeError, KeyError, OSError) as err:  # a manifest of the wrong shape; I/O
-        raise ManifestError(f"--engine {folder}: the export could not be read ({type(err).__name__}: "
+        raise ManifestError(f"{flag} {folder}: the export could not be read ({type(err).__name__}: "
                           f"{_one_line(err)}); re-run `cyclediff-export` into {folder}") from None
     return manifest
+
+
+def check_decoder(engine: Manifest, folder: str | Path, backend: str = "auto") -> Manifest:
+    """check_export for --decoder-engine, plus: its latent space is the engine's (else ManifestError saying why)."""
+    from cyclediff.runtime.core.latent_space import LatentSpace
+
+    decoder = check_export(folder, backend, "--decoder-engine")
+    why = LatentSpace.of(engine).incompatibilities(LatentSpace.of(decoder))
+    if why:
+        raise ManifestError(f"--decoder-engine {folder} cannot decode --engine's codes: {'; '.join(why)} (pass a "
+                            "fine-tune of the same base model)")
+    return decoder
 
 
 def _check_files(folder: Path, manifest: Manifest) -> None:

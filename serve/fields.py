@@ -14,10 +14,10 @@ SETTINGS = ("strength", "num_inference_steps", "guidance_scale", "source_guidanc
 OUTPUT_FORMATS = ("png", "npy")
 # Fields each endpoint accepts: anything else is a 422 (a typo must not silently fall back to a default).
 ENDPOINT_FIELDS = {
-    "edit": ("image", "source_prompt", "prompt", *SETTINGS, "seed", "output_format", "timeout_s"),
+    "edit": ("image", "source_prompt", "prompt", *SETTINGS, "seed", "output_format", "timeout_s", "decoder"),
     "encode": ("image", "source_prompt", "strength", "num_inference_steps", "source_guidance_scale", "eta", "seed",
                "timeout_s"),
-    "decode": ("code", "prompt", "guidance_scale", "output_format", "timeout_s"),
+    "decode": ("code", "prompt", "guidance_scale", "output_format", "timeout_s", "decoder"),
 }
 INTEGERS = ("num_inference_steps", "seed")
 
@@ -115,6 +115,19 @@ def timeout(raw: dict[str, Any], from_form: bool, limits: Limits) -> float:
     if not 0 < value <= limits.request_timeout_s:
         raise RequestError(422, "timeout_s", f"timeout_s must be in (0, {limits.request_timeout_s:g}] (the "
                                              f"service's --request-timeout), got {value:g}")
+    return value
+
+
+def decoder(raw: dict[str, Any], loaded: bool) -> bool:
+    """`decoder`: true decodes with the replica's second export (--decoder-engine); form values true/false/1/0."""
+    value = raw.get("decoder", False)
+    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
+        value = value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise RequestError(422, "decoder", f"decoder must be true or false, got {value!r}")
+    if value and not loaded:
+        raise RequestError(422, "decoder", "decoder=true, but this service loads no second export; start it with "
+                                           "`cyclediff-serve --decoder-engine DIR`, or drop decoder")
     return value
 
 

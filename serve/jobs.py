@@ -20,6 +20,7 @@ class EditJob:
     seed: int
     output_format: str
     timeout_s: float
+    decoder: bool = False  # decode with the replica's second export
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +37,12 @@ class DecodeJob:
     guidance_scale: float
     output_format: str
     timeout_s: float
+    decoder: bool = False
 
 
-def edit_job(raw: dict[str, Any], form: bool, limits: Limits) -> EditJob:
-    """The request as the Engine's own EditRequest (its rules, its messages), bounded by the service's limits."""
+def edit_job(raw: dict[str, Any], form: bool, limits: Limits, decoder: bool = False) -> EditJob:
+    """The request as the Engine's own EditRequest (its rules, its messages), bounded by the service's limits.
+    decoder: whether the replica loads a second export (then decoder=true may ask for it)."""
     from cyclediff.runtime.core.requests import EditRequest
 
     F.check_known(raw, "edit")
@@ -47,7 +50,8 @@ def edit_job(raw: dict[str, Any], form: bool, limits: Limits) -> EditJob:
     fmt = F.output_format(raw)
     request = F.checked(lambda: EditRequest(list(prompts), source, image, params(raw, form, limits),
                                            output_type=_output_type(fmt), one_encoding=True))
-    return EditJob(request, F.seed(raw, form, secrets.randbelow(2**31)), fmt, F.timeout(raw, form, limits))
+    return EditJob(request, F.seed(raw, form, secrets.randbelow(2**31)), fmt, F.timeout(raw, form, limits),
+                   F.decoder(raw, decoder))
 
 
 def encode_job(raw: dict[str, Any], form: bool, limits: Limits) -> EncodeJob:
@@ -59,11 +63,11 @@ def encode_job(raw: dict[str, Any], form: bool, limits: Limits) -> EncodeJob:
     return EncodeJob(request, F.seed(raw, form, secrets.randbelow(2**31)), F.timeout(raw, form, limits))
 
 
-def decode_job(raw: dict[str, Any], form: bool, limits: Limits) -> DecodeJob:
+def decode_job(raw: dict[str, Any], form: bool, limits: Limits, decoder: bool = False) -> DecodeJob:
     F.check_known(raw, "decode")
     scale = F.number(raw, "guidance_scale", 7.5, form)
     return DecodeJob(_file(raw, "code", form), F.prompts(raw, limits), scale, F.output_format(raw),
-                     F.timeout(raw, form, limits))
+                     F.timeout(raw, form, limits), F.decoder(raw, decoder))
 
 
 def params(raw: dict[str, Any], form: bool, limits: Limits):
@@ -98,14 +102,15 @@ def _file(raw: dict[str, Any], name: str, form: bool) -> bytes:
 
 # ---- running a job on the Engine (worker thread) ----------------------------------------------------------------
 
-def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_multiple: int) -> list:
-    """Engine.edit for one prompt; one shared encoding decoded per prompt for several (the engine's rule)."""
+def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_multiple: int, decoder=None) -> list:
+    """Engine.edit for one prompt; one shared encoding decoded per prompt for several (the engine's rule);
+    decoded by `decoder` (the replica's second Engine) when the job asks for it."""
     import torch
 
     image = media.read_image(job.request.image, limits, side_multiple)
     request = dataclasses.replace(job.request, image=image, generator=torch.Generator().manual_seed(job.seed),
                                   callback=token.check)
-    return _images(engine.run(request))
+    return _images(engine.run(request, decoder=decoder if job.decoder else None))
 
 
 def run_encode(engine, job: EncodeJob, token: CancelToken, limits: Limits, side_multiple: int) -> bytes:
@@ -121,8 +126,9 @@ def run_encode(engine, job: EncodeJob, token: CancelToken, limits: Limits, side_
         return path.read_bytes()
 
 
-def run_decode(engine, job: DecodeJob, token: CancelToken) -> list:
+def run_decode(engine, job: DecodeJob, token: CancelToken, decoder=None) -> list:
     code = read_code(job.code)
+    engine = decoder if job.decoder else engine
     if code.batch != 1:
         raise RequestError(422, "code", f"the code holds {code.batch} images; the service decodes codes of one "
                                         "image (from /v1/encode)")

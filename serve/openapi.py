@@ -26,6 +26,9 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png",
                       "description": "npy: float32 (H, W, 3) in [0, 1], as np.save writes it"},
     "timeout_s": {**_NUMBER, "description": "at most the service's --request-timeout"},
+    "decoder": {"type": "boolean", "default": False,
+                "description": "decode with the service's second export (cyclediff-serve --decoder-engine; "
+                               "/v1/info decoder)"},
 }
 REQUIRED = {"edit": ["image", "source_prompt", "prompt"], "encode": ["image", "source_prompt"],
             "decode": ["code", "prompt"]}

@@ -34,8 +34,9 @@ class EngineWorker:
     Counters reported by /v1/info: admitted (running or waiting now), refused, in_flight (Engine calls running
     now), done, cancelled (calls stopped by their token)."""
 
-    def __init__(self, engine, threads: int, max_waiting: int = 0):
+    def __init__(self, engine, threads: int, max_waiting: int = 0, decoder=None):
         self.engine = engine
+        self.decoder = decoder  # a second Engine that decodes requests asking decoder=true (or None)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="cyclediff-serve")
         self.capacity = threads + max_waiting
         self._lock = threading.Lock()

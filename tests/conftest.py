@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Sections: exports of the built-in checkpoints; (add new sections below, one each)."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,33 @@ def exports(tmp_path_factory) -> Callable[[str], Path]:
         return done[name]
 
     return get
+
+
+# --- a second export in tiny's latent space (translation between two models) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def finetune(tmp_path_factory, exports):
+    """Export B: tiny with every UNet weight moved (a UNet-only fine-tune); text encoder, VAE, tokenizer, scheduler
+    are tiny's own files."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from cyclediff.export.pipeline import export
+
+    ckpt = tmp_path_factory.mktemp("finetune") / "tiny-finetune"
+    shutil.copytree(json.loads((exports("tiny") / "manifest.json").read_text())["checkpoint"]["path"], ckpt)
+    unet = UNet2DConditionModel.from_pretrained(ckpt / "unet", low_cpu_mem_usage=False)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    unet.save_pretrained(ckpt / "unet")
+    folder = tmp_path_factory.mktemp("export-finetune")
+    export(str(ckpt), folder, quiet=True)
+    return folder
 
 
 # --- a random-weight CLIP model folder (openai/clip-vit-base-patch32 layout, tiny sizes) -----------------------

@@ -43,8 +43,11 @@ def test_start_code_from_another_resolution_or_checkpoint(engine):
     code = prior_code(engine)
     with pytest.raises(LatentCodeError, match="start code is for 32x32 pixels"):
         engine.guide("a cat", start=code, height=64, width=64)
-    with pytest.raises(LatentCodeError, match="another engine export"):
-        engine.guide("a cat", start=dataclasses.replace(code, engine_digest="0" * 12))
+    with pytest.raises(LatentCodeError, match="another engine export and records no latent space"):
+        engine.guide("a cat", start=dataclasses.replace(code, engine_digest="0" * 12, space=None))
+    other = dataclasses.replace(code.space, vae_scaling_factor=0.5)
+    with pytest.raises(LatentCodeError, match="VAE scaling factor 0.5 in the code's export"):
+        engine.guide("a cat", start=dataclasses.replace(code, engine_digest="0" * 12, space=other))
     with pytest.raises(GuidanceError, match="guide_steps=2 differs"):
         engine.guide("a cat", start=prior_code(engine, eta=0.5), guide_steps=2)
 

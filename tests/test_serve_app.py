@@ -252,3 +252,35 @@ def test_serve_yaml_builds_the_application(exports):
     assert options.max_ongoing_requests == 2 * (8 + 64) and options.max_queued_requests == -1
     with pytest.raises(ValueError, match="unknown args"):
         build({**args, "replica": 2})
+
+
+def test_decoder_field_decodes_with_the_second_export(engine, finetune):
+    """A replica with a second export (cyclediff-serve --decoder-engine): decoder=true edits and decodes with it."""
+    import cyclediff
+
+    spec = EngineSpec(str(finetune), threads=1)
+    decoder = cyclediff.Engine.load(spec.folder, **spec.load_kwargs())
+    worker = EngineWorker(engine, 2, decoder=decoder)
+    image = PIL.Image.open(io.BytesIO(_png()))
+    ref = engine.edit("a castle", "a house", image, generator=torch.Generator().manual_seed(7), output_type="np",
+                      decoder=decoder, **FAST)
+    try:
+        with TestClient(build_app(worker, Limits()), raise_server_exceptions=False) as http:
+            client = Client(http=http)
+            got = client.edit(_png(), "a house", "a castle", seed=7, output_format="npy", decoder=True, **FAST)
+            assert np.abs(got - ref.images[0]).max() <= 1e-4
+            code = client.encode(_png(), "a house", seed=7, **FAST)
+            assert np.abs(client.decode(code, "a castle", output_format="npy", decoder=True)
+                          - ref.images[0]).max() <= 1e-4
+            info = http.get("/v1/info").json()["decoder"]
+            assert info["engine_digest"] == decoder.manifest.digest and info["differs"] == []
+            bad = http.post("/v1/edit", json=_json_edit(decoder="maybe"))
+            assert bad.status_code == 422 and bad.json()["field"] == "decoder"
+    finally:
+        worker.close()
+
+
+def test_decoder_field_without_a_second_export_is_refused(http):
+    r = http.post("/v1/edit", json=_json_edit(decoder=True))
+    assert r.status_code == 422 and r.json()["field"] == "decoder" and "--decoder-engine" in r.json()["error"]
+    assert http.get("/v1/info").json()["decoder"] is None

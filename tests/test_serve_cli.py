@@ -103,6 +103,16 @@ def test_an_intact_export_passes_and_torch_reads_no_graphs(exports, damaged):
     cli.check_engine(str(folder), "torch")  # the torch backend reads the checkpoint, not the exported graphs
 
 
+def test_a_decoder_engine_in_another_latent_space_is_refused_before_ray(exports, finetune, tmp_path, no_ray, capsys):
+    cli.check_engine(str(exports("tiny")), decoder=str(finetune))  # a fine-tune of tiny: no CliError
+    assert cli.main(["--engine", str(exports("tiny")), "--decoder-engine", str(exports("tiny-trailing")),
+                     "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--decoder-engine" in err and "cannot decode --engine's codes" in err and "beta_schedule" in err
+    assert cli.main(["--engine", str(exports("tiny")), "--decoder-engine", str(tmp_path), "--port", "1"]) == 2
+    assert f"--decoder-engine {tmp_path}: no manifest.json" in capsys.readouterr().err
+
+
 # A failed replica as Serve reports it (ray 2.60): the deployment's status message, ending in the replica's error.
 RAY_MESSAGE = """The deployment failed to start 3 times in a row. This may be due to a problem with its constructor \
 or initial health check failing. See controller logs for details. Error:

@@ -124,7 +124,8 @@ LatentCode Engine::encode(const ImageView &image, const std::string &source_prom
 
 void Engine::check_code(const LatentCode &code) const {
     code.check_consistent();
-    require(code.engine_digest == manifest_.digest, CYCLEDIFF_ERR_CODE_MISMATCH,
+    require(code.engine_digest == manifest_.digest || code.engine_digest == manifest_.legacy_digest,
+            CYCLEDIFF_ERR_CODE_MISMATCH,
             "this latent code was made by another engine export; encode the image again with this engine");
     const Dims &d = manifest_.dims;
     const int64_t h = code.x_T.shape[2], w = code.x_T.shape[3];

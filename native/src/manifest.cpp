@@ -105,6 +105,27 @@ json manifest_canonical(const json &raw) {
     return out;
 }
 
+json manifest_identity(const json &canon) {
+    // Python's Manifest.identity(): the models' content and the schedule, nothing incidental.
+    const json &ckpt = canon.at("checkpoint");
+    json loras = json::array();
+    if (ckpt.is_object() && ckpt.contains("loras"))
+        for (const json &lora : ckpt.at("loras"))
+            loras.push_back({{"sha256", field(lora, "sha256")}, {"scale", field(lora, "scale").get<double>()}});
+    json content = ckpt.is_object() && ckpt.contains("content_hash") ? ckpt.at("content_hash") : json(nullptr);
+    json models = json::object();
+    for (auto it = canon.at("models").begin(); it != canon.at("models").end(); ++it)
+        models[it.key()] = it.value().at("sha256");
+    return {{"schema_version", canon.at("schema_version")},
+            {"checkpoint", {{"content_hash", content}, {"loras", loras}}},
+            {"scheduler", canon.at("scheduler")},
+            {"dims", canon.at("dims")},
+            {"vae_scaling_factor", canon.at("vae_scaling_factor")},
+            {"sample_size", canon.at("sample_size")},
+            {"models", models},
+            {"tokenizer_files", canon.at("tokenizer_files")}};
+}
+
 Manifest Manifest::load(const std::string &folder) {
     json raw = parse_file(folder);
     check_version(raw);
@@ -123,7 +144,8 @@ Manifest Manifest::load(const std::string &folder) {
                                            it.value().at("data_files").get<std::vector<std::string>>()};
         m.extra = canon["extra"];
         require(m.extra.is_object(), CYCLEDIFF_ERR_MANIFEST, std::string("manifest extra is not an object") + kReexport);
-        m.digest = sha256_hex(py_json_dumps(canon));
+        m.digest = sha256_hex(py_json_dumps(manifest_identity(canon)));
+        m.legacy_digest = sha256_hex(py_json_dumps(canon));
     } catch (const json::exception &err) {
         fail(CYCLEDIFF_ERR_MANIFEST, std::string("manifest is malformed (") + err.what() + ")" + kReexport);
     }

@@ -35,7 +35,8 @@ struct Manifest {
     std::map<std::string, std::string> tokenizer_files;  // name in DIR/tokenizer -> sha256
     std::map<std::string, FileEntry> models;             // the ONNX graphs: name -> file, data_files, sha256
     nlohmann::json extra;                                // later stages: "torchscript", "tensorrt", "openvino_ir"
-    std::string digest;  // Manifest.digest: sha256 of the canonical JSON, as Python computes it
+    std::string digest;         // Manifest.digest: sha256 of manifest_identity(), as Python computes it
+    std::string legacy_digest;  // Manifest.legacy_digest: what codes saved before 0.2 record
 
     // Reads and parses; NOT_AN_EXPORT, MANIFEST or SCHEMA_VERSION errors. Checks no file.
     static Manifest load(const std::string &folder);
@@ -48,5 +49,7 @@ struct Manifest {
 
 // The Python Manifest.to_json() of a parsed manifest.json (defaults filled, unknown keys dropped).
 nlohmann::json manifest_canonical(const nlohmann::json &raw);
+// The Python Manifest.identity() of a canonical manifest: what a code's digest covers.
+nlohmann::json manifest_identity(const nlohmann::json &canon);
 
 }  // namespace cyclediff

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from cyclediff.runtime.core.latent_space import LatentSpace
+
 FORMAT = "cyclediff.latent_code/1"
 
 
@@ -16,7 +18,8 @@ class LatentCodeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LatentCode:
-    """Decodable with any target prompt by the engine that made it.
+    """Decodable with any target prompt by the engine that made it, and by any export whose latent space is
+    compatible (latent_space.py: e.g. a fine-tune of the same base).
 
     x_T: (B, C, h, w) float32 — the noised latents both branches start from.
     noises: (K, B, C, h, w) float32 — z_t recorded at each of the K steps (zeros when eta = 0).
@@ -31,6 +34,9 @@ class LatentCode:
     source_prompts: tuple[str, ...]
     source_guidance_scale: float
     engine_digest: str  # Manifest.digest of the export that encoded it
+    # What the numbers mean (layout, schedule, which VAE and text encoder); None in codes saved before 0.2 and by
+    # the C++ host: those decode only on the export that made them.
+    space: LatentSpace | None = None
 
     @property
     def batch(self) -> int:
@@ -52,6 +58,8 @@ class LatentCode:
 
         meta = {k: getattr(self, k) for k in ("timesteps", "num_inference_steps", "strength", "eta",
                                                "source_prompts", "source_guidance_scale", "engine_digest")}
+        if self.space is not None:
+            meta["space"] = self.space.to_json()
         tensors = {"x_T": self.x_T.detach().cpu().contiguous(), "noises": self.noises.detach().cpu().contiguous()}
         atomic_write_bytes(Path(path), save(tensors, metadata={"format": FORMAT, "meta": json.dumps(meta)}))
 
@@ -70,4 +78,6 @@ class LatentCode:
         meta = json.loads(meta_raw["meta"])
         meta["timesteps"] = tuple(meta["timesteps"])
         meta["source_prompts"] = tuple(meta["source_prompts"])
+        if meta.get("space") is not None:
+            meta["space"] = LatentSpace.from_json(meta["space"])
         return cls(**tensors, **meta)

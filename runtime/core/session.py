@@ -14,6 +14,7 @@ from cyclediff.runtime.core.batch import BatchPlan
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.config import EngineConfig
 from cyclediff.runtime.core.dispatcher import BatchingConfig, ModelDispatcher
+from cyclediff.runtime.core.latent_space import LatentSpace
 from cyclediff.runtime.core.memory_plan import MemoryBudgetError, MemoryPlanner, budget_bytes
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.progress import ProgressBars
@@ -36,6 +37,7 @@ class Core:
         self.device = torch.device(config.device)
         self.runners = runners
         self.scheduler = SchedulerConfig.from_json(manifest.scheduler)
+        self.space = LatentSpace.of(manifest)  # what this export's codes mean (which other exports decode them)
         # Tables are immutable and a repeat decode asks for the same one: build each (steps, strength, eta) once.
         # openvino rounds the square roots as libcyclediff's OpenVINO executor does (schedule.rounded_sqrt), so
         # one export's Python and C++ edits agree; every other backend rounds as torch (the reference).

@@ -1,6 +1,9 @@
 """CycleDiffusion on the core: encode (DPM-Encoder), decode (DDIM with recorded noises), edit (both)."""
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
 from cyclediff.export.specs import UNET
@@ -13,6 +16,15 @@ from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.session import Core
 from cyclediff.runtime.methods.cycle.decoder import DdimDecoder, TargetText
 from cyclediff.runtime.methods.cycle.encoder import DpmEncoder, SourceText
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=64)  # once per (code's export, this export) pair: a sweep decodes thousands
+def _say_differences(source: str, target: str, differences: tuple[str, ...]) -> None:
+    if differences:
+        log.warning("decoding a code from export %s… with export %s…, whose %s differ: the code lives in the "
+                    "first export's latent space", source[:12], target[:12], " and ".join(differences))
 
 
 class CycleDiffusion:
@@ -51,7 +63,7 @@ class CycleDiffusion:
             x_T=x_T.clone(), noises=z.clone(), timesteps=tuple(table.timesteps.tolist()),
             num_inference_steps=params.num_inference_steps, strength=params.strength, eta=params.eta,
             source_prompts=plan.source_prompts, source_guidance_scale=float(params.source_guidance_scale),
-            engine_digest=core.manifest.digest,
+            engine_digest=core.manifest.digest, space=core.space,
         )
 
     def _source_text(self, plan: BatchPlan, params: EditParams, clip_skip, guided: bool) -> SourceText:
@@ -72,6 +84,10 @@ class CycleDiffusion:
                                   f"prompt or {code.batch}")
         core = self.core
         table = core.table(code.num_inference_steps, code.strength, code.eta)
+        if tuple(table.timesteps.tolist()) != tuple(code.timesteps):  # a same-schedule export gives the same steps
+            raise LatentCodeError(f"the code's timesteps {list(code.timesteps)} are not this engine's "
+                                  f"{table.timesteps.tolist()} for {code.num_inference_steps} steps at strength "
+                                  f"{code.strength}")
         core.admit(code.latent_hw, code.batch, table.num_steps, guidance_scale > 1, False)
         text = self.target_text(plan, prompt_embeds, guidance_scale, clip_skip)
         noises = code.noises.to(core.device) if code.eta > 0 else None
@@ -81,16 +97,29 @@ class CycleDiffusion:
         return core.finish(pool, latents, output_type)
 
     def check_code(self, code: LatentCode) -> None:
-        """Refuse a code this export cannot decode (another export, a bad size, inconsistent tensors)."""
+        """Refuse a code this export cannot decode (another latent space, a bad size, inconsistent tensors); say
+        when it comes from another export with another VAE or text encoder (allowed: latent_space.py)."""
         if not isinstance(code, LatentCode):
             raise TypeError(f"code must be a LatentCode (from Engine.encode or LatentCode.load), got {type(code)}")
-        if code.engine_digest != self.core.manifest.digest:
-            raise LatentCodeError("this LatentCode was made by another engine export; encode the image again "
-                                  "with this engine")
+        if not self.core.manifest.made(code.engine_digest):
+            self._check_space(code)
         self.core.check_latent_hw(*code.latent_hw)
         if code.x_T.shape[1] != self.core.manifest.dims.latent_channels or code.noises.shape[1:] != code.x_T.shape:
             raise LatentCodeError(f"LatentCode tensors have inconsistent shapes {tuple(code.x_T.shape)} and "
                                   f"{tuple(code.noises.shape)}")
+
+    def _check_space(self, code: LatentCode) -> None:
+        if code.space is None:
+            raise LatentCodeError("this LatentCode was made by another engine export and records no latent space "
+                                  "(saved by cyclediff < 0.2 or the C++ host); encode the image again with this "
+                                  "engine, or decode it with the export that made it")
+        why = code.space.incompatibilities(self.core.space)
+        if why:
+            raise LatentCodeError("this LatentCode's latent space is not this engine's, so it cannot decode it: "
+                                  + "; ".join(why) + ". Decode it with the export that made it, or with a fine-tune "
+                                  "of the same base model")
+        _say_differences(code.engine_digest, self.core.manifest.digest,
+                         tuple(code.space.differences(self.core.space)))
 
     def target_text(self, plan: BatchPlan, prompt_embeds, guidance_scale: float, clip_skip) -> TargetText:
         prompts = self.core.prompts

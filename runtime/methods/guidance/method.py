@@ -72,7 +72,7 @@ class Guidance:
             noise.randn_into(noises)
         return LatentCode(x_T=x_T, noises=noises, timesteps=tuple(table.timesteps.tolist()),
                           num_inference_steps=steps, strength=1.0, eta=float(eta), source_prompts=prompts,
-                          source_guidance_scale=1.0, engine_digest=core.manifest.digest)
+                          source_guidance_scale=1.0, engine_digest=core.manifest.digest, space=core.space)
 
     def inner_table(self, code: LatentCode, guide_steps: int | None) -> StepTable:
         """The sampler G runs inside the loop: the code's own schedule, or a shorter one (eta = 0 only: z = x_T)."""

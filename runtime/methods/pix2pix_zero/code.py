@@ -59,9 +59,10 @@ class InversionCode:
         return cls(latents=latents, **json.loads(meta_raw["meta"]))
 
 
-def check_code(code: InversionCode, digest: str, latent_channels: int, latent_hw: tuple[int, int] | None) -> None:
-    """Refuse a code from another export, with the wrong channels, or of another size than asked."""
-    if code.engine_digest != digest:
+def check_code(code: InversionCode, manifest, latent_hw: tuple[int, int] | None) -> None:
+    """Refuse a code from another export (Manifest.made), with the wrong channels, or of another size than asked."""
+    latent_channels = manifest.dims.latent_channels
+    if not manifest.made(code.engine_digest):
         raise LatentCodeError("this inversion code was made by another engine export (another checkpoint); invert "
                               "the image again with this engine")
     if code.latents.ndim != 4 or code.latents.shape[1] != latent_channels:

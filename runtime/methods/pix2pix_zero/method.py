@@ -125,7 +125,7 @@ class Pix2PixZero:
             latents = InversionCode(latents, "", 0, core.manifest.digest)
         if not isinstance(latents, InversionCode):
             raise TypeError(f"latents must be an InversionCode (Engine.invert) or a tensor, got {type(latents)}")
-        check_code(latents, core.manifest.digest, d.latent_channels, asked)
+        check_code(latents, core.manifest, asked)
         core.check_latent_hw(*latents.latent_hw)
         if latents.latents.shape[0] != 1:
             raise ValueError(f"latents hold {latents.latents.shape[0]} images; Pix2Pix-Zero edits one per call")
