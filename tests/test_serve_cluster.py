@@ -155,9 +155,9 @@ def test_a_replica_that_cannot_load_is_one_line_and_exit_1(exports, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def service(exports, tmp_path_factory):
+def service(exports, finetune, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    svc = _launch(exports("tiny"), log, "--max-concurrency", "8", "--max-queued-requests", "16", "--retry-after",
+    svc = _launch(exports("tiny"), log, "--decoder-engine", str(finetune), "--max-concurrency", "8", "--max-queued-requests", "16", "--retry-after",
                   "2", "--max-body-mb", "1", "--request-timeout", str(REQUEST_TIMEOUT_S))
     try:
         svc.wait_ready(240)
@@ -193,6 +193,21 @@ def test_sixteen_concurrent_clients_get_engine_edit(service, expected):
         got = list(pool.map(one, range(16)))
     for seed, image in enumerate(got):
         assert np.abs(image - expected[seed]).max() <= 1e-4, seed
+
+
+def test_decoder_requests_decode_with_the_second_export(service, exports, finetune):
+    """--decoder-engine: each replica loads the second export; decoder=true edits are translations A -> B."""
+    import cyclediff
+
+    a, b = (cyclediff.Engine.load(f, threads=1, progress=False) for f in (exports("tiny"), finetune))
+    image = PIL.Image.open(io.BytesIO(_png()))
+    ref = a.edit("a castle", "a house", image, num_inference_steps=STEPS, output_type="np",
+                 generator=torch.Generator().manual_seed(9), decoder=b).images[0]
+    with Client(service.url, retries=0) as client:
+        got = client.edit(_png(), "a house", "a castle", seed=9, num_inference_steps=STEPS, output_format="npy",
+                          decoder=True)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert service.info()["decoder"]["engine_digest"] == b.manifest.digest
 
 
 def test_bad_requests_get_4xx_and_the_replica_lives(service):
