@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--eta", default="0.1", metavar="F,..", help="default 0.1")
     grid.add_argument("--option", action="append", default=[], metavar="NAME=F,..",
                       help="a method option axis, e.g. source_guidance_scale=1,2 (cycle); repeatable")
+    grid.add_argument("--decoder-engine", action="append", default=[], metavar="DIR",
+                      help="an axis of exports that decode each code (translation between two models: a fine-tune "
+                           "or LoRA of --engine's checkpoint; --engine itself for today's edit); repeatable. "
+                           "Candidates are named by the folder's name")
     grid.add_argument("--trials", type=int, default=1, help="seeds per setting: seed, seed+1, ... (default 1)")
     grid.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
     grid.add_argument("--seed", type=int, default=0, help="first trial's seed (default 0)")
@@ -55,17 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args):
     from cyclediff.eval.grid import SweepGrid, parse_option, parse_values
-    from cyclediff.eval.sweep import SweepConfig
+    from cyclediff.eval.sweep import SweepConfig, decoder_names
 
     grid = SweepGrid(method=args.method, guidance_scales=parse_values("--guidance-scale", args.guidance_scale),
                      strengths=parse_values("--strength", args.strength), etas=parse_values("--eta", args.eta),
                      trials=args.trials, steps=args.steps, seed=args.seed,
-                     options=tuple(parse_option(o) for o in args.option))
+                     options=tuple(parse_option(o) for o in args.option),
+                     decoders=decoder_names(args.decoder_engine))
     return SweepConfig(engine=args.engine, triplets=args.triplets, out=args.out, grid=grid, clip=args.clip,
                        select=args.select, sheet_size=args.sheet_size, keep_images=args.keep_images,
                        backend=args.backend, dtype=args.dtype, device=args.device, size=args.size,
-                       max_batch=args.max_batch,
-                       quiet=args.quiet)
+                       max_batch=args.max_batch, quiet=args.quiet,
+                       decoder_engines=tuple(Path(f) for f in args.decoder_engine))
 
 
 def main(argv: list[str] | None = None) -> int:

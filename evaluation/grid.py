@@ -31,6 +31,9 @@ class SweepGrid:
     steps: int = 50
     seed: int = 0
     options: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    # The decoder axis (--decoder-engine): names of the exports that decode each code (translation between two
+    # models; the sweep maps each name to its folder). Empty: the encoding export decodes, as without the axis.
+    decoders: tuple[str, ...] = ()
 
     def __post_init__(self):
         for flag, values in (("--guidance-scale", self.guidance_scales), ("--strength", self.strengths),
@@ -64,7 +67,7 @@ class SweepGrid:
 
     def size(self) -> int:
         """Candidates per triplet."""
-        n = len(self.guidance_scales) * len(self.strengths) * len(self.etas) * self.trials
+        n = len(self.guidance_scales) * len(self.strengths) * len(self.etas) * self.trials * max(1, len(self.decoders))
         return n * math.prod(len(v) for _, v in self.options)
 
 

@@ -28,8 +28,9 @@ class Method(Protocol):
         """Settings decoded from one encoding."""
 
     def run(self, engine, image: PIL.Image.Image, source: str, target: str, encoding: dict[str, float],
-            decodings: list[dict[str, float]], grid: SweepGrid) -> torch.Tensor:
-        """Images (len(decodings), trials, 3, H, W) on [0, 1]: decoding d of trial t at [d, t]."""
+            decodings: list[dict[str, float]], grid: SweepGrid, decoders: dict | None = None) -> torch.Tensor:
+        """Images (len(decodings), trials, 3, H, W) on [0, 1]: decoding d of trial t at [d, t]. decoders: the
+        Engines of the decoder axis by name (grid.decoders)."""
 
 
 class CycleMethod:
@@ -47,16 +48,20 @@ class CycleMethod:
         return product(strength=grid.strengths, eta=grid.etas,
                        source_guidance_scale=grid.option_values("source_guidance_scale", 1.0))
 
-    def decodings(self, grid: SweepGrid) -> list[dict[str, float]]:
-        return product(guidance_scale=grid.guidance_scales)
+    def decodings(self, grid: SweepGrid) -> list[dict]:
+        if not grid.decoders:
+            return product(guidance_scale=grid.guidance_scales)
+        return [{**d, "decoder": name} for name in grid.decoders for d in product(guidance_scale=grid.guidance_scales)]
 
-    def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
+    def run(self, engine, image, source, target, encoding, decodings, grid, decoders=None) -> torch.Tensor:
+        """decoders: the decoder axis' Engines by name (a decoding's "decoder"); the code is A's, decoded there."""
         generators = [torch.Generator().manual_seed(s) for s in grid.seeds]
         code = engine.run(encode_request(image, source, encoding, grid, generators))
         targets = [target] * grid.trials
 
-        def decode(d: dict[str, float]) -> torch.Tensor:
-            return engine.run(DecodeRequest(code, targets, d["guidance_scale"], "pt")).images
+        def decode(d: dict) -> torch.Tensor:
+            decoder = decoders[d["decoder"]] if "decoder" in d else engine
+            return decoder.run(DecodeRequest(code, targets, d["guidance_scale"], "pt")).images
 
         with ThreadPoolExecutor(max(1, min(len(decodings), engine.config.max_concurrency))) as pool:
             return torch.stack([x.cpu() for x in pool.map(decode, decodings)])
@@ -84,6 +89,9 @@ class Pix2PixZeroMethod:
         self._inverted: tuple[tuple, list] | None = None
 
     def encodings(self, grid: SweepGrid) -> list[dict[str, float]]:
+        if grid.decoders:
+            raise GridError("--decoder-engine decodes CycleDiffusion codes; it does not apply to --method "
+                            "pix2pix-zero")
         if len(grid.strengths) != 1:
             raise GridError("--strength does not apply to --method pix2pix-zero (it inverts the whole schedule); "
                             "give one value or leave it out")
@@ -93,7 +101,7 @@ class Pix2PixZeroMethod:
         return product(guidance_scale=grid.guidance_scales,
                        cross_attention_guidance_amount=grid.option_values("cross_attention_guidance_amount", 0.1))
 
-    def run(self, engine, image, source, target, encoding, decodings, grid) -> torch.Tensor:
+    def run(self, engine, image, source, target, encoding, decodings, grid, decoders=None) -> torch.Tensor:
         direction = engine.edit_direction([source], [target])
         codes = self._inversions(engine, image, source, grid)
 

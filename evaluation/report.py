@@ -13,7 +13,8 @@ def columns(sweep) -> list[str]:
     """CSV columns: ids, the common settings, the method's options, trial, seed, steps, metrics, image."""
     from cyclediff.eval.sweep import ID_COLUMNS, SETTING_COLUMNS, TAIL_COLUMNS
 
-    return [*ID_COLUMNS, *SETTING_COLUMNS, *sweep.method.options, *TAIL_COLUMNS]
+    decoder = ("decoder",) if sweep.cfg.grid.decoders else ()
+    return [*ID_COLUMNS, *SETTING_COLUMNS, *decoder, *sweep.method.options, *TAIL_COLUMNS]
 
 
 def write_report(sweep, rows: list[dict], selected: list[dict], table: str) -> None:

@@ -7,13 +7,13 @@ from cyclediff.eval.metric_names import HIGHER_IS_BETTER, METRICS
 
 # Short names for settings in labels and tables; a method's own options not listed here keep their name.
 ABBREV = {"guidance_scale": "g", "strength": "s", "eta": "eta", "source_guidance_scale": "sg",
-          "cross_attention_guidance_amount": "xa"}
+          "cross_attention_guidance_amount": "xa", "decoder": "dec"}
 HEADERS = {"clip": "CLIP", "dclip": "dCLIP", "psnr": "PSNR", "ssim": "SSIM", "l2": "L2"}
 
 
-def setting_label(settings: dict[str, float], sep: str = " ") -> str:
-    """{'guidance_scale': 2.0, 'strength': 0.8} -> 'g=2 s=0.8'."""
-    return sep.join(f"{ABBREV.get(k, k)}={v:g}" for k, v in settings.items())
+def setting_label(settings: dict[str, float | str], sep: str = " ") -> str:
+    """{'guidance_scale': 2.0, 'strength': 0.8} -> 'g=2 s=0.8'; a text value (the decoder's name) as it is."""
+    return sep.join(f"{ABBREV.get(k, k)}={v if isinstance(v, str) else format(v, 'g')}" for k, v in settings.items())
 
 
 def rank_key(metric: str):

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cyclediff.eval import metrics
-from cyclediff.eval.grid import SweepGrid, check_metric
+from cyclediff.eval.grid import GridError, SweepGrid, check_metric
 from cyclediff.eval.methods import get_method
 from cyclediff.eval.selection import best_of_n, ranked, setting_label, summary_table
 from cyclediff.eval.store import RunStore
@@ -43,12 +43,26 @@ class SweepConfig:
     size: int | None = None
     max_batch: int = 16
     quiet: bool = False
+    # The decoder axis: export folders that decode each code, named in grid.decoders by decoder_names().
+    decoder_engines: tuple[Path, ...] = ()
 
     def __post_init__(self):
         check_metric(self.select)
         if self.keep_images not in KEEP_IMAGES:
             raise ValueError(f"--keep-images must be one of {', '.join(KEEP_IMAGES)}, got {self.keep_images!r}")
         check_number("--sheet-size", self.sheet_size, integer=True, low=1)
+        if self.grid.decoders != decoder_names(self.decoder_engines):
+            raise ValueError("grid.decoders must be decoder_names(decoder_engines)")
+
+
+def decoder_names(folders) -> tuple[str, ...]:
+    """The decoder axis' values: each export folder's own name, which must be unique."""
+    names = tuple(Path(f).resolve().name for f in folders)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GridError(f"--decoder-engine: several exports named {', '.join(twice)}; the axis names each by its "
+                        "folder, so give them folders of different names")
+    return names
 
 
 @dataclasses.dataclass
@@ -74,7 +88,9 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 
     clip_dir = resolve_clip(cfg.clip)
     store = RunStore(cfg.out)
-    store.open(_identity(cfg, manifest.digest, triplets, clip_dir, size))
+    decoders = _decoder_manifests(cfg, manifest)
+    store.open(_identity(cfg, manifest.digest, triplets, clip_dir, size)
+               | ({"decoders": {n: m.digest for n, m in decoders.items()}} if decoders else {}))
     sweep = _Sweep(cfg, method, triplets, inputs, store)
     done = sweep.load_done()
     if done and not cfg.quiet:
@@ -82,10 +98,31 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     if done < sweep.total:
         import cyclediff
 
-        engine = cyclediff.Engine.load(cfg.engine, backend=cfg.backend, device=cfg.device, progress=False,
-                                       max_batch=cfg.max_batch, dtype=cfg.dtype)
-        sweep.run(engine, ClipEmbedder(clip_dir, cfg.device), done)
+        def load(folder: Path):
+            return cyclediff.Engine.load(folder, backend=cfg.backend, device=cfg.device, progress=False,
+                                         max_batch=cfg.max_batch, dtype=cfg.dtype)
+
+        engine = load(cfg.engine)
+        same = Path(cfg.engine).resolve()
+        engines = {n: engine if Path(f).resolve() == same else load(f)
+                   for n, f in zip(cfg.grid.decoders, cfg.decoder_engines)}
+        sweep.run(engine, ClipEmbedder(clip_dir, cfg.device), done, engines)
     return sweep.finish(done)
+
+
+def _decoder_manifests(cfg: SweepConfig, manifest) -> dict:
+    """Each --decoder-engine's manifest by name, once its latent space is checked to be the engine's."""
+    from cyclediff.export.manifest import Manifest
+    from cyclediff.runtime.core.latent_space import LatentSpace
+
+    out = {}
+    for name, folder in zip(cfg.grid.decoders, cfg.decoder_engines):
+        other = Manifest.load(folder, verify_files=False)
+        why = LatentSpace.of(manifest).incompatibilities(LatentSpace.of(other))
+        if why:
+            raise GridError(f"--decoder-engine {folder} cannot decode --engine's codes: {'; '.join(why)}")
+        out[name] = other
+    return out
 
 
 def _read_inputs(triplets: list[Triplet], size: int) -> dict[str, PIL.Image.Image]:
@@ -150,7 +187,7 @@ class _Sweep:
                 self.parts[(t.id, key)] = rows
         return sum(len(rows) for rows in self.parts.values())
 
-    def run(self, engine, clip, done: int) -> None:
+    def run(self, engine, clip, done: int, decoders: dict | None = None) -> None:
         bar = tqdm(total=self.total, initial=done, unit="cand", desc="cyclediff-eval", disable=self.cfg.quiet,
                    dynamic_ncols=True)
         texts: dict[str, torch.Tensor] = {}
@@ -161,7 +198,7 @@ class _Sweep:
                 if t.id not in texts:  # (3, D): the input image, source text, target text
                     texts[t.id] = torch.cat([clip.embed_images(to_tensor(self.inputs[t.id])),
                                              clip.embed_texts([t.source_prompt, t.target_prompt])])
-                rows = self._unit(engine, clip, t, enc, key, texts[t.id])
+                rows = self._unit(engine, clip, t, enc, key, texts[t.id], decoders)
                 self._keep_images(t, rows)
                 rows = [{k: v for k, v in r.items() if k != "_image"} for r in rows]  # the pixels are saved
                 self.store.write_part(t.id, key, rows)
@@ -169,11 +206,11 @@ class _Sweep:
                 self._prune(t)
                 bar.update(len(rows))
 
-    def _unit(self, engine, clip, t: Triplet, enc: dict, key: str, emb: torch.Tensor) -> list[dict]:
+    def _unit(self, engine, clip, t: Triplet, enc: dict, key: str, emb: torch.Tensor, decoders=None) -> list[dict]:
         """Run one encoding's candidates and measure them. Rows in (decoding, trial) order."""
         grid = self.cfg.grid
         out = self.method.run(engine, self.inputs[t.id], t.source_prompt, t.target_prompt, enc, self.decodings,
-                              grid)
+                              grid, decoders)
         images = (out.flatten(0, 1).clamp(0, 1) * 255).round() / 255  # (D*T, 3, H, W): 8-bit, as saved
         scores = metrics.pixel_metrics(images, to_tensor(self.inputs[t.id]))
         out_emb = clip.embed_images(images)
