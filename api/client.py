@@ -80,6 +80,37 @@ class Client:
         response = self._send("POST", "/v1/decode", data=fields, files={"code": ("code", data)})
         return _images(response, output_format, isinstance(prompt, list))
 
+    def submit(self, image, source_prompt: str, prompt: str | list[str], **settings: Any) -> str:
+        """POST /v1/jobs: the edit's job id, at once (settings: edit's keyword arguments). Jobs live in the
+        replica that took them; with several replicas, status/wait may reach another one (404)."""
+        fields = _fields(source_prompt=source_prompt, prompt=prompt, **settings)
+        response = self._send("POST", "/v1/jobs", data=fields, files={"image": ("image", _image_bytes(image))})
+        return response.json()["id"]
+
+    def status(self, job_id: str) -> dict:
+        """GET /v1/jobs/{id}: {"state", "step", "steps", "seed", ...}."""
+        return self._json(self._send("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict:
+        """DELETE /v1/jobs/{id}: the job stops at its next model call; returns its status."""
+        return self._json(self._send("DELETE", f"/v1/jobs/{job_id}"))
+
+    def wait(self, job_id: str, timeout_s: float | None = None, poll_s: float = 0.2):
+        """The finished job's images (one image: it alone; several: a list), as edit returns them. A failed or
+        cancelled job raises ServiceError with its error; past timeout_s, TimeoutError (the job keeps running)."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            view = self.status(job_id)
+            if view["state"] == "done":
+                images = [_one(self._send("GET", url).content, view["format"]) for url in view["images"]]
+                return images[0] if len(images) == 1 else images
+            if view["state"] in ("failed", "cancelled"):
+                error = view.get("error") or {"error": "the job was cancelled", "field": None, "status": 409}
+                raise ServiceError(error["status"], error["error"], error["field"])
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"job {job_id} is still {view['state']} after {timeout_s} s")
+            time.sleep(poll_s)
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response = self._http.request(method, path, **kwargs)

@@ -12,7 +12,9 @@ from cyclediff.serve.admission import Admission
 from cyclediff.serve.body import read_fields
 from cyclediff.serve.config import Limits
 from cyclediff.serve.errors import Cancelled, RequestError, RequestTimeout
+from cyclediff.serve.job_routes import add_job_routes
 from cyclediff.serve.limit import BodyLimit
+from cyclediff.serve.page import add_page
 from cyclediff.serve.worker import EngineWorker
 
 log = logging.getLogger("cyclediff.serve")
@@ -59,6 +61,8 @@ def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) 
         images = await worker.run(lambda token: jobs.run_decode(engine, job, token, decoder), job.timeout_s)
         return _images(images, job.output_format, None)
 
+    add_job_routes(app, worker, limits, side, retry_after_s, MAX_FORM_FIELDS)
+    add_page(app)
     app.add_middleware(Admission, worker=worker, retry_after_s=retry_after_s)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last, runs first: 413 before 503
     return app
@@ -85,9 +89,24 @@ def _info(engine, limits: Limits, side: int) -> dict[str, Any]:
         "resolution": {"native": m.sample_size,
                        "side_multiple": side, "max_side": limits.max_side},
         "limits": {"max_body_bytes": limits.max_body_bytes, "max_prompts": limits.max_prompts,
-                   "max_steps": limits.max_steps, "request_timeout_s": limits.request_timeout_s},
+                   "max_steps": limits.max_steps, "request_timeout_s": limits.request_timeout_s,
+                   "job_results": limits.job_results, "job_ttl_s": limits.job_ttl_s},
+        "settings": _settings(limits),
         "versions": {"cyclediff": cyclediff.__version__, **_versions()}, "export_tools": m.tools,
     }
+
+
+def _settings(limits: Limits) -> dict[str, dict[str, Any]]:
+    """Each edit setting's default and bounds (Engine.edit's; the page's sliders): min/max inclusive unless
+    exclusive_min; guidance and eta have no upper bound (max: the page's slider end)."""
+    from cyclediff import EditParams
+
+    d = EditParams()
+    return {"strength": {"default": d.strength, "min": 0, "max": 1, "exclusive_min": True},
+            "num_inference_steps": {"default": d.num_inference_steps, "min": 1, "max": limits.max_steps},
+            "guidance_scale": {"default": d.guidance_scale, "min": 0, "max": 20},
+            "source_guidance_scale": {"default": d.source_guidance_scale, "min": 0, "max": 20},
+            "eta": {"default": d.eta, "min": 0, "max": 1}}
 
 
 def _decoder_info(engine, decoder) -> dict[str, Any] | None:

@@ -31,8 +31,9 @@ set its args (engine: the export's path on every node), then `serve deploy serve
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="HTTP edit service (CycleDiffusion) on Ray Serve: POST /v1/edit, "
-                                            "/v1/encode, /v1/decode; GET /v1/info, /health.")
+                                description="HTTP edit service (CycleDiffusion) on Ray Serve: a web page at /; "
+                                            "POST /v1/edit, /v1/encode, /v1/decode, /v1/jobs; GET /v1/info, "
+                                            "/health.")
     p.add_argument("--engine", required=True, metavar="DIR", help="export directory (from cyclediff-export)")
     p.add_argument("--decoder-engine", metavar="DIR",
                    help="a second export every replica loads (a fine-tune of --engine's checkpoint, or it with a "
@@ -99,6 +100,10 @@ def _limit_flags(g) -> None:
     g.add_argument("--max-side", type=int, default=2048, help="largest image side in pixels (default 2048)")
     g.add_argument("--max-prompts", type=int, default=8, help="most target prompts per request (default 8)")
     g.add_argument("--max-steps", type=int, default=1000, help="largest num_inference_steps (default 1000)")
+    g.add_argument("--job-results", type=int, default=64, metavar="N",
+                   help="finished jobs (POST /v1/jobs) each replica keeps for GET; the oldest go first (default 64)")
+    g.add_argument("--job-ttl", type=float, default=600.0, metavar="S",
+                   help="and for at most this long after they finish (default 600 s)")
 
 
 def configs(args: argparse.Namespace) -> tuple[EngineSpec, Limits, Scaling]:
@@ -112,7 +117,8 @@ def configs(args: argparse.Namespace) -> tuple[EngineSpec, Limits, Scaling]:
                           args.max_batch, args.batch_wait_ms, args.max_concurrency,
                           str(Path(args.decoder_engine).resolve()) if args.decoder_engine else None)
         limits = Limits(int(args.max_body_mb * 2**20), args.max_side, args.max_prompts, max_steps=args.max_steps,
-                        request_timeout_s=args.request_timeout)
+                        request_timeout_s=args.request_timeout, job_results=args.job_results,
+                        job_ttl_s=args.job_ttl)
         scaling = Scaling(args.replicas, args.min_replicas, args.max_replicas, args.target_ongoing_requests,
                           args.num_cpus_per_replica, gpus, args.max_queued_requests, args.retry_after)
     except ValueError as err:

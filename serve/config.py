@@ -42,11 +42,14 @@ class Limits:
     max_prompt_chars: int = 2000
     max_steps: int = 1000
     request_timeout_s: float = 300.0
+    job_results: int = 64  # finished jobs (POST /v1/jobs) kept per replica; the oldest are dropped first
+    job_ttl_s: float = 600.0  # and for at most this long after they finish
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_side", "max_prompts", "max_prompt_chars", "max_steps"):
+        for name in ("max_body_bytes", "max_side", "max_prompts", "max_prompt_chars", "max_steps", "job_results"):
             _positive(name, getattr(self, name), integer=True)
         _positive("request_timeout_s", self.request_timeout_s)
+        _positive("job_ttl_s", self.job_ttl_s)
 
 
 @dataclasses.dataclass(frozen=True)

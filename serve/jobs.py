@@ -102,15 +102,28 @@ def _file(raw: dict[str, Any], name: str, form: bool) -> bytes:
 
 # ---- running a job on the Engine (worker thread) ----------------------------------------------------------------
 
-def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_multiple: int, decoder=None) -> list:
+def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_multiple: int, decoder=None,
+             progress=None) -> list:
     """Engine.edit for one prompt; one shared encoding decoded per prompt for several (the engine's rule);
-    decoded by `decoder` (the replica's second Engine) when the job asks for it."""
+    decoded by `decoder` (the replica's second Engine) when the job asks for it. progress(): after every
+    decoder step (a job's progress), after the cancel check."""
     import torch
+
+    def step(*_: Any) -> None:
+        token.check()
+        if progress is not None:
+            progress()
 
     image = media.read_image(job.request.image, limits, side_multiple)
     request = dataclasses.replace(job.request, image=image, generator=torch.Generator().manual_seed(job.seed),
-                                  callback=token.check)
+                                  callback=step)
     return _images(engine.run(request, decoder=decoder if job.decoder else None))
+
+
+def decoder_steps(engine, job: EditJob) -> int:
+    """How many decoder steps the job runs in all (its progress bar's length): prompts x scheduled steps."""
+    p = job.request.params
+    return len(job.request.prompts) * engine.core.table(p.num_inference_steps, p.strength, p.eta).num_steps
 
 
 def run_encode(engine, job: EncodeJob, token: CancelToken, limits: Limits, side_multiple: int) -> bytes:

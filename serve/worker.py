@@ -21,6 +21,10 @@ class CancelToken:
     def cancel(self) -> None:
         self._event.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
     def check(self, *_: Any) -> None:
         """Usable as the Engine's decode `callback(step, timestep, latents)`: raises once cancelled."""
         if self._event.is_set():
@@ -54,10 +58,11 @@ class EngineWorker:
     def release(self) -> None:
         self._count("admitted", -1)
 
-    async def run(self, job: Callable[[CancelToken], Any], timeout_s: float) -> Any:
+    async def run(self, job: Callable[[CancelToken], Any], timeout_s: float, token: CancelToken | None = None) -> Any:
         """job(token) on a worker thread. Past timeout_s: RequestTimeout, and the token stops the call at its
-        next step (a job not started yet never starts). A cancelled request (client gone) stops it too."""
-        token = CancelToken()
+        next step (a job not started yet never starts). A cancelled request (client gone) stops it too, as does
+        cancelling `token` (a job's, DELETE /v1/jobs/{id}): then Cancelled."""
+        token = token or CancelToken()
         future = asyncio.get_running_loop().run_in_executor(self.pool, self._guarded, job, token)
         try:
             return await asyncio.wait_for(future, timeout_s)
