@@ -87,3 +87,16 @@ def test_one_image_broadcasts_to_several_prompts(exports):
     single = engine.edit(prompt="a bird", source_prompt="a dog", image=image,
                          generator=torch.Generator().manual_seed(4), num_inference_steps=6, output_type="np").images
     assert np.abs(batch[1] - single[0]).max() <= 1e-4
+
+
+def test_as_many_steps_as_training_timesteps_is_refused_not_an_index_error():
+    """'leading' spacing + steps_offset 1 at 1000 steps reaches timestep 1000 (diffusers raises IndexError)."""
+    import pytest
+
+    from cyclediff.runtime.core.schedule import ScheduleError, SchedulerConfig, StepTable
+
+    cfg = SchedulerConfig()
+    assert StepTable.build(cfg, 999, 1.0, 0.1).timesteps[0] == 999
+    with pytest.raises(ScheduleError, match="reaches timestep 1000, past the last of its 1000 training timesteps"):
+        StepTable.build(cfg, 1000, 1.0, 0.1)
+    assert SchedulerConfig(timestep_spacing="trailing").timesteps(1000)[0] == 999

@@ -291,3 +291,61 @@ def test_killed_replica_is_restarted_and_no_wrong_image(service, expected):
         r = _edit(service.url, _request(seed))
         assert r.status_code == 200
         assert np.abs(np.load(io.BytesIO(r.content)) - expected[seed]).max() <= 1e-4
+
+
+def _chromium() -> str:
+    """The system Chromium (Debian's package; Playwright's own browser download cannot work here)."""
+    pytest.importorskip("playwright", reason="needs playwright (the test extra) to drive Chromium")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no Chromium here: install Debian's package (apt-get install chromium); .ci/run does")
+    return path
+
+
+def test_the_page_edits_shows_progress_errors_and_cancels(service):
+    """A real browser on the page at /: example image, edit with a moving progress bar and the picture, an API
+    error shown beside its field, a long job cancelled."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            start = time.monotonic()
+            page.goto(service.url + "/")
+            page.wait_for_selector("#num_inference_steps")  # the sliders exist once /v1/info has been read
+            print(f"page ready in {time.monotonic() - start:.2f} s")
+            page.click("img.example")
+            page.wait_for_function("document.getElementById('input-preview').naturalWidth > 0")
+            _slide(page, "num_inference_steps", 200)  # 160 decoder steps: long enough to watch the bar move
+            page.fill("#seed", "4")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('progress').value > 0 && "
+                                   "document.getElementById('progress').value < 1", timeout=60_000)
+            page.wait_for_selector(".result img.after", timeout=60_000)
+            page.wait_for_function("document.querySelector('.result img.after').naturalWidth === 32")
+            assert page.inner_text("#progress-text").startswith("done: step 160 of 160")
+            assert "seed 4" in page.inner_text("#seed-used")
+            page.fill("#prompts", "\n".join(f"prompt {i}" for i in range(9)))  # the service takes 8 at most
+            page.click("#submit")
+            page.wait_for_function("document.querySelector('.err[data-field=prompt]').textContent.length > 0")
+            assert "more than the limit 8" in page.inner_text(".err[data-field=prompt]")
+            page.fill("#prompts", "a castle")
+            _slide(page, "num_inference_steps", 999)
+            _slide(page, "strength", 1)
+            page.click("#submit")
+            page.wait_for_function("/running: step [1-9]/.test(document.getElementById('progress-text').textContent)",
+                                   timeout=60_000)
+            page.click("#cancel")
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('cancelled')",
+                                   timeout=60_000)
+        except Exception:
+            print("page state:", page.inner_text("#progress-text"), "|", page.inner_text("#error"), "|",
+                  page.inner_text("#results"))
+            raise
+        finally:
+            browser.close()
+
+
+def _slide(page, name: str, value: float) -> None:
+    page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)

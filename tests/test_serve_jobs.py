@@ -135,6 +135,8 @@ def test_bad_jobs_are_refused_at_once_or_fail_with_the_field(engine):
     with http:
         bad = _submit(http, strength="3")
         assert bad.status_code == 422 and bad.json()["field"] == "strength"
+        steps = _submit(http, num_inference_steps="1000", strength="1")  # past tiny's last training timestep
+        assert steps.status_code == 422 and steps.json()["field"] == "num_inference_steps"
         odd = http.post("/v1/jobs", data={"source_prompt": "a", "prompt": "b", **FAST},
                         files={"image": ("i.png", _png((30, 32)))}).json()
         failed = _wait(http, odd["id"])

@@ -16,7 +16,11 @@ SUPPORTED_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class ScheduleError(ValueError):
-    """A scheduler config or schedule request the method cannot serve."""
+    """A scheduler config or schedule request the method cannot serve; field: the request field it is about."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,13 @@ class SchedulerConfig:
             steps = (np.arange(0, n) * (t // n)).round()[::-1] + self.steps_offset
         else:
             steps = np.round(np.arange(t, 0, -t / n)) - 1
-        return [int(x) for x in steps.astype(np.int64)]
+        out = [int(x) for x in steps.astype(np.int64)]
+        if out[0] >= t:  # leading spacing with steps_offset 1 at n = t: diffusers' DDIM step fails there too
+            raise ScheduleError(f"num_inference_steps={n} with this checkpoint's {self.timestep_spacing!r} timestep "
+                                f"spacing (steps_offset {self.steps_offset}) reaches timestep {out[0]}, past the "
+                                f"last of its {t} training timesteps; use fewer steps (at most {t - 1})",
+                                "num_inference_steps")
+        return out
 
 
 def _refuse(cfg: dict[str, Any]) -> None:
