@@ -62,7 +62,7 @@ def test_corrupt_code_file_is_refused(tmp_path):
 def test_code_from_another_latent_space_is_refused(engine, exports):
     other = Engine.load(exports("tiny-trailing"), backend="onnxruntime", progress=False)
     with pytest.raises(LatentCodeError, match="not this engine's.*training schedule beta_schedule 'scaled_linear' "
-                                              "here, 'linear' there"):
+                                              "in the code's export, 'linear' in this one"):
         other.decode(_encode(engine), "a cat")
 
 

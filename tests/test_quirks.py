@@ -97,6 +97,7 @@ def test_as_many_steps_as_training_timesteps_is_refused_not_an_index_error():
 
     cfg = SchedulerConfig()
     assert StepTable.build(cfg, 999, 1.0, 0.1).timesteps[0] == 999
-    with pytest.raises(ScheduleError, match="reaches timestep 1000, past the last of its 1000 training timesteps"):
+    with pytest.raises(ScheduleError, match="starts at timestep 1000, past the last of its 1000 training timesteps"):
         StepTable.build(cfg, 1000, 1.0, 0.1)
+    assert StepTable.build(cfg, 1000, 0.8, 0.1).timesteps[0] == 800  # the edit never reaches the last step
     assert SchedulerConfig(timestep_spacing="trailing").timesteps(1000)[0] == 999

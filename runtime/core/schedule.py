@@ -90,13 +90,7 @@ class SchedulerConfig:
             steps = (np.arange(0, n) * (t // n)).round()[::-1] + self.steps_offset
         else:
             steps = np.round(np.arange(t, 0, -t / n)) - 1
-        out = [int(x) for x in steps.astype(np.int64)]
-        if out[0] >= t:  # leading spacing with steps_offset 1 at n = t: diffusers' DDIM step fails there too
-            raise ScheduleError(f"num_inference_steps={n} with this checkpoint's {self.timestep_spacing!r} timestep "
-                                f"spacing (steps_offset {self.steps_offset}) reaches timestep {out[0]}, past the "
-                                f"last of its {t} training timesteps; use fewer steps (at most {t - 1})",
-                                "num_inference_steps")
-        return out
+        return [int(x) for x in steps.astype(np.int64)]
 
 
 def _refuse(cfg: dict[str, Any]) -> None:
@@ -191,6 +185,12 @@ class StepTable:
                 f"(int({num_inference_steps}·{strength}) = 0); raise strength or num_inference_steps"
             )
         steps = cfg.timesteps(num_inference_steps)[num_inference_steps - init:]
+        if steps[0] >= cfg.num_train_timesteps:  # 'leading' + steps_offset 1, all steps: diffusers' DDIM fails too
+            raise ScheduleError(f"num_inference_steps={num_inference_steps} at strength {strength} with this "
+                                f"checkpoint's {cfg.timestep_spacing!r} timestep spacing (steps_offset "
+                                f"{cfg.steps_offset}) starts at timestep {steps[0]}, past the last of its "
+                                f"{cfg.num_train_timesteps} training timesteps; use fewer steps or a lower strength",
+                                "num_inference_steps")
         ac = cfg.alphas_cumprod()
         final = torch.tensor(1.0) if cfg.set_alpha_to_one else ac[0]
         ratio = cfg.num_train_timesteps // num_inference_steps
