@@ -99,12 +99,17 @@ def _hashed_files(ref: CheckpointRef) -> list[Path]:
     return files
 
 
-def load(ref: CheckpointRef) -> Components:
-    """Load the four models and the scheduler config, in fp32 on the CPU, then check the method can serve them."""
+def load(ref: CheckpointRef, loras: tuple = ()) -> Components:
+    """Load the four models and the scheduler config, in fp32 on the CPU, fuse `loras` (export/lora.py LoraSpecs,
+    in order) into them, then check the method can serve them."""
     if ref.kind == "file":
         comps = _load_single_file(ref)
     else:
         comps = _load_folder(ref.path)
+    if loras:
+        from cyclediff.export import lora
+
+        lora.fuse(comps, tuple(loras))
     validate(comps)
     return comps
 

@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
                         "every byte; a load only compares sizes and sampled blocks)")
     p.add_argument("--config", metavar="DIR_OR_ID",
                    help="single-file checkpoints only: diffusers folder or hub id of the same architecture")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="fuse this LoRA into the weights (diffusers' load_lora_weights + fuse_lora: diffusers/peft "
+                        "or community .safetensors); SCALE default 1; repeatable, fused in order")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default: 18)")
     p.add_argument("--trace-size", type=int, default=None, metavar="N",
                    help="latent side used for tracing (default: twice the UNet's downsampling factor, 16 for SD)")
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                   trace_size=args.trace_size, ort_attention=not build_trt)
         report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
                      force=args.force, torchscript=args.torchscript, fp16=args.fp16,
-                     attention_maps=args.attention_maps)
+                     attention_maps=args.attention_maps, loras=tuple(args.lora))
         if build_trt:
             _build_plans(args, report.manifest)
     except TensorRTUnavailable as err:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cyclediff.export import attention_maps, checkpoint, integrity, models, writable
+from cyclediff.export import attention_maps, checkpoint, integrity, lora, models, writable
 from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.heap import release_freed_memory
 from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
@@ -45,8 +45,10 @@ class ExportReport:
 
 def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
            exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False,
-           fp16: bool = False, attention_maps: bool = False) -> Manifest:
+           fp16: bool = False, attention_maps: bool = False, loras: tuple = ()) -> Manifest:
     """Export checkpoint `ckpt` into folder `out`; return the manifest written there.
+
+    loras: 'FILE[:SCALE]' strings (or export/lora.py LoraSpecs): LoRAs fused into the weights, in order.
 
     torchscript: also write TorchScript programs (DIR/torchscript/), which libcyclediff's CPU executor runs.
     fp16: also write fp16 ONNX graphs (DIR/fp16/, I/O kept fp32) for the onnxruntime backend's dtype="fp16".
@@ -56,7 +58,7 @@ def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int 
     exporters = exporter_order(exporter)
     settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
     return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force,
-               torchscript=torchscript, fp16=fp16, attention_maps=attention_maps).manifest
+               torchscript=torchscript, fp16=fp16, attention_maps=attention_maps, loras=loras).manifest
 
 
 def exporter_order(exporter: str) -> tuple[str, ...]:
@@ -69,9 +71,12 @@ def exporter_order(exporter: str) -> tuple[str, ...]:
 
 def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: ExportSettings | None = None,
         tolerance: Tolerance | None = None, quiet: bool = False, force: bool = False,
-        torchscript: bool = False, fp16: bool = False, attention_maps: bool = False) -> ExportReport:
-    """The export with its report; `export` is this minus the report. None: default settings/tolerance."""
+        torchscript: bool = False, fp16: bool = False, attention_maps: bool = False,
+        loras: tuple = ()) -> ExportReport:
+    """The export with its report; `export` is this minus the report. None: default settings/tolerance.
+    loras: 'FILE[:SCALE]' strings or export/lora.py LoraSpecs, fused in order (checked before anything else)."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
+    specs = tuple(lora.checked(s if isinstance(s, lora.LoraSpec) else lora.parse(s)) for s in loras)
     _check_out(out)
     progress = Progress(_STEPS, quiet)
     ok = False
@@ -85,8 +90,8 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
             with progress.step("hash checkpoint"):
                 ckpt_hash = checkpoint.content_hash(ref)
             with progress.step("load checkpoint"):
-                comps = checkpoint.load(ref)
-            run_ = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force, attention_maps)
+                comps = checkpoint.load(ref, specs)
+            run_ = _Run(out, ref, ckpt_hash, comps, settings, tolerance, progress, force, attention_maps, specs)
             report = run_.go(torchscript, fp16)
         ok = True
         return report
@@ -98,8 +103,12 @@ class _Run:
     """One export into `out` of an already loaded checkpoint."""
 
     def __init__(self, out, ref, ckpt_hash, comps, settings, tolerance, progress, force,
-                 with_maps: bool = False) -> None:
+                 with_maps: bool = False, loras: tuple = ()) -> None:
         self.out, self.ref, self.ckpt_hash, self.comps = out, ref, ckpt_hash, comps
+        self.loras = loras
+        # Reuse keys: the checkpoint, plus the fused LoRAs for the models they change (diffusers' SD LoRA loader
+        # reaches the UNet and the text encoder, never the VAE).
+        self.lora_hash = lora.reuse_hash(ckpt_hash, loras)
         self.settings, self.tolerance, self.progress, self.force = settings, tolerance, progress, force
         self.dims = Dims.of(comps.text_encoder, comps.vae, comps.unet)
         self.specs = specs(self.dims)
@@ -165,7 +174,8 @@ class _Run:
         return {"fp16_onnx": entries}
 
     def _model(self, name: str) -> tuple[ModelRecord, bool]:
-        key = model_key(self.ckpt_hash, name, self.settings.to_json(), self.code)
+        source = self.lora_hash if name in lora.MODELS else self.ckpt_hash
+        key = model_key(source, name, self.settings.to_json(), self.code)
         record = None if self.force else self.state.reusable(self.out, name, key)
         if record is not None:
             self.progress.skip(2, f"reuse {name}")
@@ -246,7 +256,8 @@ class _Run:
 
         entries = {n: ModelEntry(r.files[0], r.sha256, self.specs[n], r.files[1:]) for n, r in records.items()}
         manifest = Manifest(
-            checkpoint={**self.ref.to_json(), "content_hash": self.ckpt_hash},
+            checkpoint={**self.ref.to_json(), "content_hash": self.ckpt_hash,
+                        "loras": [s.to_json() for s in self.loras]},
             scheduler=SchedulerConfig.from_diffusers(self.comps.scheduler_config).to_json(),
             dims=self.dims,
             vae_scaling_factor=float(self.comps.vae.config.scaling_factor),

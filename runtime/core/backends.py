@@ -201,7 +201,7 @@ def _torch_runners(manifest: Manifest, device: torch.device, dtype: str, verify:
 def checkpoint_graphs(manifest: Manifest, verify: str, who: str, alternative: str) -> dict[str, torch.nn.Module]:
     """The export wrappers (export/models.py) around the checkpoint the manifest records, refused if its bytes
     changed. who/alternative word the errors: '<who> the checkpoint at P, which is gone; restore it or <alt>'."""
-    from cyclediff.export import checkpoint, models, tiny
+    from cyclediff.export import checkpoint, lora, models, tiny
 
     rec = manifest.checkpoint
     ref = checkpoint.CheckpointRef(rec["spec"], rec["kind"], Path(rec["path"]), rec.get("config"))
@@ -210,8 +210,9 @@ def checkpoint_graphs(manifest: Manifest, verify: str, who: str, alternative: st
     if not ref.path.exists():
         raise ManifestError(f"{who} the checkpoint at {ref.path}, which is gone; restore it or {alternative}")
     integrity.check_checkpoint(ref, manifest, verify, f"re-run `cyclediff-export` or {alternative}")
+    loras = lora.recorded(manifest, f"re-run `cyclediff-export` or {alternative}")  # fused again, as at export
     with verbosity.quiet_loading():  # transformers' 'Loading weights' bar: shown with --verbose only
-        return models.graphs(checkpoint.load(ref))
+        return models.graphs(checkpoint.load(ref, loras))
 
 
 def fp16_runners(graphs: dict[str, torch.nn.Module], specs: dict, device: torch.device,

@@ -49,6 +49,12 @@ def from_checkpoint(manifest: Manifest, backend: str, device: torch.device, veri
         raise GuidanceError(f"{why}: {err}") from err
     from cyclediff.runtime import verbosity
 
+    from cyclediff.export import lora
+
+    try:
+        loras = lora.recorded(manifest, "re-run `cyclediff-export`")  # fused again, as at export
+    except ValueError as err:
+        raise GuidanceError(f"{why}: {err}") from err
     with verbosity.quiet_loading():  # no 'Loading weights' bar unless --verbose
-        graphs = models.graphs(checkpoint.load(ref))
+        graphs = models.graphs(checkpoint.load(ref, loras))
     return TorchParts(graphs[UNET].to(device), graphs[VAE_DECODER].to(device))
