@@ -109,3 +109,14 @@ def _check_axis(flag: str, values: tuple[float, ...]) -> None:
         raise GridError(f"{flag}: empty grid axis; give at least one value")
     for v in values:  # the request rules' words (runtime/core/checks.py), as for every other front door
         check_number(f"{flag} values", v, error=GridError)
+
+
+# Named grids (cyclediff-eval --preset). paper-translate: the paper's text-guided translation sweep (ChenWu98/
+# cycle-diffusion config/experiments/translate_text2img256_stable_diffusion_stochastic_*.cfg): decoder guidance
+# 1-5, encoder guidance 1, eta 0.1, 100 white-box steps, 15 trials, skip_steps 15, 20, 25, 30, 40, 50 of the 100,
+# i.e. strength = (100 - skip) / 100.
+PRESETS: dict[str, SweepGrid] = {
+    "paper-translate": SweepGrid(guidance_scales=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0),
+                                 strengths=(0.85, 0.8, 0.75, 0.7, 0.6, 0.5), etas=(0.1,), trials=15, steps=100,
+                                 options=(("source_guidance_scale", (1.0,)),)),
+}

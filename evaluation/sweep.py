@@ -45,6 +45,7 @@ class SweepConfig:
     quiet: bool = False
     # The decoder axis: export folders that decode each code, named in grid.decoders by decoder_names().
     decoder_engines: tuple[Path, ...] = ()
+    image_root: Path | None = None  # where the triplets' relative image paths start (None: triplets.py's rule)
 
     def __post_init__(self):
         check_metric(self.select)
@@ -80,7 +81,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 
     check_writable(cfg.out, "--out")  # a read-only --out: one line now, not a raw errno at the first write
     method = get_method(cfg.grid.method, cfg.grid.options)
-    triplets = load_triplets(cfg.triplets)
+    triplets = load_triplets(cfg.triplets, cfg.image_root)
     manifest = Manifest.load(cfg.engine, verify_files=False)
     size = cfg.size or manifest.sample_size
     inputs = _read_inputs(triplets, size)
