@@ -20,8 +20,8 @@ def make(out: str | Path, ckpt: str = "tiny", rank: int = 4, seed: int = 0, text
     import torch
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
-    from cyclediff.export import checkpoint
 
+    from cyclediff.export import checkpoint
     from cyclediff.runtime import verbosity
 
     with verbosity.quiet_loading():
@@ -41,9 +41,7 @@ def make(out: str | Path, ckpt: str = "tiny", rank: int = 4, seed: int = 0, text
 
 def _adapter(module, targets: list[str], rank: int, strength: float) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    from peft import inject_adapter_in_model
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
     # peft's own call, not transformers' add_adapter (which wants a newer peft than the registry has)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)

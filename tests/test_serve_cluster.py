@@ -157,7 +157,8 @@ def test_a_replica_that_cannot_load_is_one_line_and_exit_1(exports, tmp_path):
 @pytest.fixture(scope="module")
 def service(exports, finetune, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    svc = _launch(exports("tiny"), log, "--decoder-engine", str(finetune), "--max-concurrency", "8", "--max-queued-requests", "16", "--retry-after",
+    svc = _launch(exports("tiny"), log, "--decoder-engine", str(finetune), "--max-concurrency", "8",
+                  "--max-queued-requests", "16", "--retry-after",
                   "2", "--max-body-mb", "1", "--request-timeout", str(REQUEST_TIMEOUT_S))
     try:
         svc.wait_ready(240)

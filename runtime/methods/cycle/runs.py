@@ -1,6 +1,6 @@
 """How each CycleDiffusion request runs on the core: one `core.call()` (a workspace, in flight) per request, the
-encode half and the decode half(s) inside it (a decoder on another export: one call there for the decode half). The rule "one image, several prompts, one shared encoding" lives
-here, for every front door."""
+encode half and the decode half(s) inside it (a decoder on another export: one call there for the decode half).
+The rule "one image, several prompts, one shared encoding" lives here, for every front door."""
 from __future__ import annotations
 
 import dataclasses

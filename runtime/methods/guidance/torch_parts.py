@@ -47,9 +47,8 @@ def from_checkpoint(manifest: Manifest, backend: str, device: torch.device, veri
         integrity.check_checkpoint(ref, manifest, verify, "re-run `cyclediff-export` from the current checkpoint")
     except ValueError as err:
         raise GuidanceError(f"{why}: {err}") from err
-    from cyclediff.runtime import verbosity
-
     from cyclediff.export import lora
+    from cyclediff.runtime import verbosity
 
     try:
         loras = lora.recorded(manifest, "re-run `cyclediff-export`")  # fused again, as at export
