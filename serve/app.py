@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cyclediff.serve import jobs, media, openapi
+from cyclediff.serve import jobs, media, openapi, pix2pix_job
 from cyclediff.serve.admission import Admission
 from cyclediff.serve.body import read_fields
 from cyclediff.serve.config import Limits
@@ -25,6 +25,7 @@ def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) 
     """The HTTP API over one EngineWorker. Every user mistake is a 4xx JSON {"error", "field"}; past the
     worker's queue, 503 with Retry-After (retry_after_s, rounded up)."""
     engine, decoder = worker.engine, worker.decoder
+    guided = pix2pix_job.guided(engine)
     dims = engine.manifest.dims
     side = dims.vae_scale * dims.unet_downscale  # pixels per latent cell that the UNet's downsampling needs
     app = FastAPI(title="cyclediff-serve", version="1", description=openapi.DESCRIPTION)
@@ -36,12 +37,13 @@ def build_app(worker: EngineWorker, limits: Limits, retry_after_s: float = 1.0) 
 
     @app.get("/v1/info")
     async def info() -> dict:
-        return _info(engine, limits, side) | {"decoder": _decoder_info(engine, decoder), "replica": worker.stats()}
+        return _info(engine, limits, side) | {"decoder": _decoder_info(engine, decoder), "replica": worker.stats(),
+                                              "methods": {"cycle": {}, "pix2pix-zero": {"guided": guided}}}
 
     @app.post("/v1/edit", openapi_extra=openapi.body("edit"), response_class=Response,
               responses=openapi.IMAGE_RESPONSES)
     async def edit(request: Request) -> Response:
-        job = jobs.edit_job(*await read_fields(request, MAX_FORM_FIELDS), limits, decoder is not None)
+        job = jobs.edit_job(*await read_fields(request, MAX_FORM_FIELDS), limits, decoder is not None, guided)
         images = await worker.run(lambda token: jobs.run_edit(engine, job, token, limits, side, decoder),
                                   job.timeout_s)
         return _images(images, job.output_format, job.seed)

@@ -14,7 +14,8 @@ SETTINGS = ("strength", "num_inference_steps", "guidance_scale", "source_guidanc
 OUTPUT_FORMATS = ("png", "npy")
 # Fields each endpoint accepts: anything else is a 422 (a typo must not silently fall back to a default).
 ENDPOINT_FIELDS = {
-    "edit": ("image", "source_prompt", "prompt", *SETTINGS, "seed", "output_format", "timeout_s", "decoder"),
+    "edit": ("image", "source_prompt", "prompt", *SETTINGS, "seed", "output_format", "timeout_s", "decoder",
+             "method", "cross_attention_guidance_amount"),
     "encode": ("image", "source_prompt", "strength", "num_inference_steps", "source_guidance_scale", "eta", "seed",
                "timeout_s"),
     "decode": ("code", "prompt", "guidance_scale", "output_format", "timeout_s", "decoder"),
@@ -128,6 +129,17 @@ def decoder(raw: dict[str, Any], loaded: bool) -> bool:
     if value and not loaded:
         raise RequestError(422, "decoder", "decoder=true, but this service loads no second export; start it with "
                                            "`cyclediff-serve --decoder-engine DIR`, or drop decoder")
+    return value
+
+
+METHODS = ("cycle", "pix2pix-zero")
+
+
+def method(raw: dict[str, Any]) -> str:
+    """`method`: cycle (CycleDiffusion, default) or pix2pix-zero (serve/pix2pix_job.py)."""
+    value = raw.get("method", "cycle")
+    if value not in METHODS:
+        raise RequestError(422, "method", f"method must be one of {METHODS}, got {value!r}")
     return value
 
 

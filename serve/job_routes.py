@@ -10,7 +10,7 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from cyclediff.serve import jobs, media, openapi
+from cyclediff.serve import jobs, media, openapi, pix2pix_job
 from cyclediff.serve.body import read_fields
 from cyclediff.serve.config import Limits
 from cyclediff.serve.errors import Cancelled, RequestError, RequestTimeout
@@ -31,7 +31,8 @@ def add_job_routes(app: FastAPI, worker: EngineWorker, limits: Limits, side: int
         if not worker.admit():  # a job holds its place in the replica's queue until it ends
             return _full(worker, retry_after_s)
         try:
-            job = jobs.edit_job(*await read_fields(request, max_fields), limits, worker.decoder is not None)
+            job = jobs.edit_job(*await read_fields(request, max_fields), limits, worker.decoder is not None,
+                                pix2pix_job.guided(worker.engine))
             record = table.add(jobs.decoder_steps(worker.engine, job), job.seed, job.output_format)
         except BaseException:
             worker.release()

@@ -21,6 +21,8 @@ class EditJob:
     output_format: str
     timeout_s: float
     decoder: bool = False  # decode with the replica's second export
+    method: str = "cycle"  # or "pix2pix-zero" (serve/pix2pix_job.py)
+    amount: float = 0.1  # pix2pix-zero's cross_attention_guidance_amount
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +42,10 @@ class DecodeJob:
     decoder: bool = False
 
 
-def edit_job(raw: dict[str, Any], form: bool, limits: Limits, decoder: bool = False) -> EditJob:
+def edit_job(raw: dict[str, Any], form: bool, limits: Limits, decoder: bool = False, guided: bool = False) -> EditJob:
     """The request as the Engine's own EditRequest (its rules, its messages), bounded by the service's limits.
-    decoder: whether the replica loads a second export (then decoder=true may ask for it)."""
+    decoder: whether the replica loads a second export (then decoder=true may ask for it); guided: whether it can
+    run Pix2Pix-Zero's guided step (serve/pix2pix_job.py)."""
     from cyclediff.runtime.core.requests import EditRequest
 
     F.check_known(raw, "edit")
@@ -50,8 +53,24 @@ def edit_job(raw: dict[str, Any], form: bool, limits: Limits, decoder: bool = Fa
     fmt = F.output_format(raw)
     request = F.checked(lambda: EditRequest(list(prompts), source, image, params(raw, form, limits),
                                            output_type=_output_type(fmt), one_encoding=True))
+    method, amount = F.method(raw), F.number(raw, "cross_attention_guidance_amount", 0.1, form)
+    if method == "pix2pix-zero":
+        _check_pix2pix(raw, amount, guided)
     return EditJob(request, F.seed(raw, form, secrets.randbelow(2**31)), fmt, F.timeout(raw, form, limits),
-                   F.decoder(raw, decoder))
+                   F.decoder(raw, decoder), method, amount)
+
+
+def _check_pix2pix(raw: dict[str, Any], amount: float, guided: bool) -> None:
+    if raw.get("decoder") not in (None, False, "false", "0"):
+        raise RequestError(422, "decoder", "decoder=true decodes CycleDiffusion codes; it does not apply to "
+                                           "method=pix2pix-zero")
+    if amount < 0:
+        raise RequestError(422, "cross_attention_guidance_amount", f"cross_attention_guidance_amount must be "
+                                                                    f">= 0, got {amount:g}")
+    if amount > 0 and not guided:
+        raise RequestError(422, "cross_attention_guidance_amount", "this service's backend runs forward only, "
+                           "so Pix2Pix-Zero's guided step cannot run here; send cross_attention_guidance_amount=0, "
+                           "or serve with --backend torch or an export made with --attention-maps")
 
 
 def encode_job(raw: dict[str, Any], form: bool, limits: Limits) -> EncodeJob:
@@ -115,6 +134,10 @@ def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_mult
             progress()
 
     image = media.read_image(job.request.image, limits, side_multiple)
+    if job.method == "pix2pix-zero":
+        from cyclediff.serve import pix2pix_job
+
+        return pix2pix_job.run(engine, job, image, torch.Generator().manual_seed(job.seed), step)
     request = dataclasses.replace(job.request, image=image, generator=torch.Generator().manual_seed(job.seed),
                                   callback=step)
     return _images(engine.run(request, decoder=decoder if job.decoder else None))
@@ -122,6 +145,10 @@ def run_edit(engine, job: EditJob, token: CancelToken, limits: Limits, side_mult
 
 def decoder_steps(engine, job: EditJob) -> int:
     """How many decoder steps the job runs in all (its progress bar's length): prompts x scheduled steps."""
+    if job.method == "pix2pix-zero":
+        from cyclediff.serve import pix2pix_job
+
+        return pix2pix_job.steps(job)
     p = job.request.params
     return len(job.request.prompts) * engine.core.table(p.num_inference_steps, p.strength, p.eta).num_steps
 

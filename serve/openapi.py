@@ -26,6 +26,12 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "png",
                       "description": "npy: float32 (H, W, 3) in [0, 1], as np.save writes it"},
     "timeout_s": {**_NUMBER, "description": "at most the service's --request-timeout"},
+    "method": {"type": "string", "enum": ["cycle", "pix2pix-zero"], "default": "cycle",
+               "description": "pix2pix-zero: invert with source_prompt as the caption, edit along CLIP(target) - "
+                              "CLIP(source); strength, eta, source_guidance_scale do not apply"},
+    "cross_attention_guidance_amount": {**_NUMBER, "default": 0.1, "minimum": 0,
+                                        "description": "pix2pix-zero only; > 0 needs a guided-capable replica "
+                                                       "(/v1/info methods)"},
     "decoder": {"type": "boolean", "default": False,
                 "description": "decode with the service's second export (cyclediff-serve --decoder-engine; "
                                "/v1/info decoder)"},

@@ -305,7 +305,7 @@ def _chromium() -> str:
 
 def test_the_page_edits_shows_progress_errors_and_cancels(service):
     """A real browser on the page at /: example image, edit with a moving progress bar and the picture, an API
-    error shown beside its field, a long job cancelled."""
+    error shown beside its field, a long job cancelled, a Pix2Pix-Zero edit."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -340,6 +340,12 @@ def test_the_page_edits_shows_progress_errors_and_cancels(service):
             page.click("#cancel")
             page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('cancelled')",
                                    timeout=60_000)
+            _slide(page, "num_inference_steps", 10)  # Pix2Pix-Zero: 10 inversion steps + 10 edit steps
+            page.select_option("#method", "pix2pix-zero")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('progress-text').textContent.startsWith("
+                                   "'done: step 20 of 20')", timeout=60_000)
+            assert page.locator(".result img.after").count() == 1
         except Exception:
             print("page state:", page.inner_text("#progress-text"), "|", page.inner_text("#error"), "|",
                   page.inner_text("#results"))

@@ -170,3 +170,28 @@ def test_page_and_examples_are_served(engine):
         settings = http.get("/v1/info").json()["settings"]
         assert settings["strength"] == {"default": 0.8, "min": 0, "max": 1, "exclusive_min": True}
     worker.close()
+
+
+def test_pix2pix_zero_jobs_equal_the_engines_own_calls(engine):
+    import torch
+
+    worker, http = _service(engine)
+    with http:
+        info = http.get("/v1/info").json()["methods"]
+        assert info["pix2pix-zero"] == {"guided": engine.backend == "torch"}
+        r = _submit(http, prompts=("a castle",), method="pix2pix-zero", cross_attention_guidance_amount="0")
+        done = _wait(http, r.json()["id"])
+        assert done["state"] == "done" and done["steps"] == 2 * 6 and done["step"] == 12
+        got = np.asarray(PIL.Image.open(io.BytesIO(http.get(done["images"][0]).content)))
+        image = PIL.Image.open(io.BytesIO(_png()))
+        code = engine.invert("a house", image, num_inference_steps=6, output_type=None,
+                             generator=torch.Generator().manual_seed(3))
+        d = engine.edit_direction(["a house"], ["a castle"])
+        ref = engine.pix2pix_zero(code.prompt, d.source_embeds, d.target_embeds, num_inference_steps=6, latents=code,
+                                  cross_attention_guidance_amount=0, generator=torch.Generator().manual_seed(3))
+        assert np.array_equal(got, np.asarray(ref.images[0]))
+        if engine.backend != "torch":
+            bad = _submit(http, method="pix2pix-zero")  # amount 0.1 by default: the guided step
+            assert bad.status_code == 422 and bad.json()["field"] == "cross_attention_guidance_amount"
+        assert _submit(http, method="pix").json()["field"] == "method"
+    worker.close()
