@@ -48,7 +48,7 @@ def test_manifest_records_checkpoint_models_scheduler_and_tools(first, tiny):
     m = Manifest.load(out)
     assert m == report.manifest
     ref = checkpoint.resolve("tiny")
-    assert m.checkpoint == {**ref.to_json(), "content_hash": checkpoint.content_hash(ref)}
+    assert m.checkpoint == {**ref.to_json(), "content_hash": checkpoint.content_hash(ref), "loras": []}
     dims = Dims.of(tiny.text_encoder, tiny.vae, tiny.unet)
     assert m.dims == dims and (dims.text_states, dims.text_width, dims.vae_scale) == (3, 32, 2)
     assert m.scheduler["timestep_spacing"] == "leading" and m.scheduler["beta_schedule"] == "scaled_linear"
