@@ -252,6 +252,9 @@ def test_serve_yaml_builds_the_application(exports):
     assert options.max_ongoing_requests == 2 * (8 + 64) and options.max_queued_requests == -1
     with pytest.raises(ValueError, match="unknown args"):
         build({**args, "replica": 2})
+    more = build({**args, "decoder_engine": "/exports/style", "job_results": 8, "job_ttl_s": 60.0})
+    spec, limits, _ = more._bound_deployment.init_args
+    assert (spec.decoder_engine, limits.job_results, limits.job_ttl_s) == ("/exports/style", 8, 60.0)
 
 
 def test_decoder_field_decodes_with_the_second_export(engine, finetune):
