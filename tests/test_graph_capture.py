@@ -1,25 +1,26 @@
-"""CUDA-graph state machine on the NULL device, and the device step table against the host StepTable."""
+"""CUDA-graph state machine on the NULL device; CudaGraphDevice's stream handling on a stand-in torch.cuda; the
+dispatcher's rule of capturing only while no other call is in flight."""
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import pytest
 import torch
 
 from cyclediff.engine.base import ModelRunner
-from cyclediff.export.specs import Dims, specs
-from cyclediff.runtime.core import ddim, graph_capture
-from cyclediff.runtime.core.buffers import BufferPool
+from cyclediff.export.specs import UNET, Dims, specs
+from cyclediff.runtime.core import graph_capture
+from cyclediff.runtime.core.dispatcher import BatchingConfig, ModelDispatcher
 from cyclediff.runtime.core.graph_capture import (
     CaptureConfig,
     CapturedStep,
     CaptureFailures,
+    CudaGraphDevice,
     GraphSignatureError,
     NullGraphDevice,
     Phase,
 )
-from cyclediff.runtime.core.schedule import SchedulerConfig, StepTable
-from cyclediff.runtime.methods.cycle.decoder import DdimDecoder, TargetText
-from cyclediff.runtime.methods.cycle.device_steps import COEFS, DeviceDecoderStep, DeviceStepTable
-from cyclediff.runtime.methods.cycle.graph_decoder import GraphDdimDecoder
 
 CPU = torch.device("cpu")
 DIMS = Dims(text_len=7, text_width=5, text_states=2, latent_channels=4, vae_scale=2)
@@ -113,121 +114,194 @@ def test_negative_warmup_is_refused():
         CaptureConfig(warmup_calls=-1)
 
 
-@pytest.fixture
-def table():
-    return StepTable.build(SchedulerConfig(), 20, 0.8, 0.3)
+# ---- warm-up in the capturing thread; a capture that has to wait --------------------------------------------------
+
+class ThreadedDevice(NullGraphDevice):
+    """NullGraphDevice that also records which thread made each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def warmup(self, fn):
+        self.threads.append(threading.get_ident())
+        return super().warmup(fn)
+
+    def capture(self, fn):
+        self.threads.append(threading.get_ident())
+        return super().capture(fn)
 
 
-def test_device_table_reproduces_step_table(table):
-    dev = DeviceStepTable(table, CPU)
-    assert dev.num_steps == table.num_steps == 16
-    for i in range(table.num_steps):
-        c = dev.gather()
-        assert c.timestep.item() == float(table.timesteps[i])
-        for name in COEFS[1:]:
-            assert torch.equal(getattr(c, name), getattr(table, name)[i]), (name, i)
-        dev.advance()
-    assert dev.counter.item() == table.num_steps
-    dev.reset()
-    assert dev.counter.item() == 0 and torch.equal(dev.gather().sqrt_a, table.sqrt_a[0])
+def test_a_capture_in_another_thread_warms_up_there_first():
+    dev = ThreadedDevice()
+    step = CapturedStep(lambda x: x * 2, dev, CaptureConfig(warmup_calls=1))
+    step(x=torch.ones(2))  # warm-up in this thread
+    got = []
+    worker = threading.Thread(target=lambda: got.append(step(x=torch.full((2,), 3.0))))
+    worker.start()
+    worker.join()
+    assert dev.events == ["warmup", "warmup", "capture", "replay"]
+    assert dev.threads[1] == dev.threads[2] == worker.ident != dev.threads[0]
+    assert torch.equal(got[0], torch.full((2,), 6.0)) and step.phase is Phase.REPLAY
 
 
-def test_load_swaps_in_another_schedule_of_the_same_length(table):
-    dev = DeviceStepTable(table, CPU)
-    dev.advance()
-    other = StepTable.build(SchedulerConfig(timestep_spacing="trailing", steps_offset=0), 40, 0.4, 0.0)
-    values = dev.values.data_ptr()
-    dev.load(other)
-    assert dev.values.data_ptr() == values and dev.counter.item() == 0
-    assert torch.equal(dev.gather().sqrt_b, other.sqrt_b[0]) and dev.coefs.timestep.item() == other.timesteps[0]
-    with pytest.raises(ValueError, match="steps"):
-        dev.load(StepTable.build(SchedulerConfig(), 10, 0.5, 0.0))
+def test_a_capture_in_the_warming_thread_needs_no_extra_warmup():
+    dev = NullGraphDevice()
+    step = CapturedStep(lambda x: x * 2, dev, CaptureConfig(warmup_calls=1))
+    step(x=torch.ones(2))
+    step(x=torch.ones(2))
+    assert dev.events == ["warmup", "capture", "replay"]
 
 
-def test_gathered_views_keep_their_address(table):
-    dev = DeviceStepTable(table, CPU)
-    before = [getattr(dev.gather(), n).data_ptr() for n in COEFS]
-    dev.advance()
-    assert [getattr(dev.gather(), n).data_ptr() for n in COEFS] == before
+def test_a_capture_that_may_not_happen_runs_eagerly_and_happens_later():
+    dev = NullGraphDevice()
+    step = CapturedStep(lambda x: x + 1, dev, CaptureConfig(warmup_calls=1))
+    step.call({"x": torch.zeros(2)})
+    assert step.capture_due
+    for _ in range(2):
+        assert torch.equal(step.call({"x": torch.zeros(2)}, may_capture=False), torch.ones(2))
+    assert step.phase is Phase.WARMUP and dev.events == ["warmup"] * 3
+    step.call({"x": torch.zeros(2)})
+    assert dev.events[3:] == ["capture", "replay"] and step.phase is Phase.REPLAY and not step.capture_due
 
 
-def test_gather_rows_selects_the_current_step(table):
-    dev = DeviceStepTable(table, CPU)
-    src = torch.randn(table.num_steps, 2, 4, 3, 3)
-    out = torch.empty(2, 4, 3, 3)
-    for i in range(3):
-        assert dev.gather_rows(src, out) is out and torch.equal(out, src[i])
-        dev.advance()
+# ---- CudaGraphDevice's streams, on a stand-in for torch.cuda ------------------------------------------------------
+
+class FakeStream:
+    def __init__(self, name: str) -> None:
+        self.name, self.waited_on = name, []
+
+    def wait_stream(self, other) -> None:
+        self.waited_on.append(other.name)
 
 
-def test_gathered_ddim_step_equals_host_indexed_step(table):
-    g = torch.Generator().manual_seed(0)
-    x0, eps, z = (torch.randn(2, 4, 6, 6, generator=g) for _ in range(3))
-    dev = DeviceStepTable(table, CPU)
-    for i in range(table.num_steps):
-        want, got = x0.clone(), x0.clone()
-        ddim.ddim_step(want, eps, z, table.sqrt_a[i], table.sqrt_b[i], table.sqrt_a_prev[i], table.dir_coef[i],
-                       table.sigma[i], torch.empty_like(x0), torch.empty_like(x0))
-        c = dev.gather()
-        ddim.ddim_step(got, eps, z, c.sqrt_a, c.sqrt_b, c.sqrt_a_prev, c.dir_coef, c.sigma, torch.empty_like(x0),
-                       torch.empty_like(x0))
-        assert torch.equal(got, want), i
-        dev.advance()
+class FakeCuda:
+    """The names CudaGraphDevice uses from torch.cuda. `graph` mimics torch.cuda.graph's order: __enter__ makes the
+    capture stream current, __exit__ calls capture_end (which raises when the capture was invalidated) BEFORE it
+    restores the previous stream, so a failed capture leaves the capture stream current."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.current, self.graph_kwargs = fail, FakeStream("caller"), {}
+        self.ran_on: list[str] = []
+
+    def Stream(self, device=None):
+        return FakeStream("side")
+
+    def current_stream(self):
+        return self.current
+
+    def set_stream(self, stream) -> None:
+        self.current = stream
+
+    def CUDAGraph(self):
+        return object()
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        prev, self.current = self.current, s
+        try:
+            yield
+        finally:
+            self.current = prev
+
+    def graph(self, graph, pool=None, stream=None, capture_error_mode="global"):
+        fake, self.graph_kwargs = self, {"stream": stream.name, "capture_error_mode": capture_error_mode}
+
+        class Ctx:
+            def __enter__(self):
+                self.prev, fake.current = fake.current, stream
+
+            def __exit__(self, *exc):
+                if fake.fail:
+                    raise RuntimeError("operation failed due to a previous error during capture")
+                fake.current = self.prev
+
+        return Ctx()
 
 
-class SyntheticUNet(ModelRunner):
-    """ε = tanh(0.7·x + mean(emb) + t/1000): depends on every input, so a wrong binding shows."""
-
-    def __init__(self):
-        super().__init__(specs(DIMS)["unet"])
-
-    def __call__(self, feeds, outputs):
-        x, t, emb = feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"]
-        bias = emb.mean(dim=(1, 2)).view(-1, 1, 1, 1) + t.view(-1, 1, 1, 1) / 1000
-        outputs["noise_pred"].copy_(torch.tanh(0.7 * x + bias))
-
-
-@pytest.mark.parametrize("guidance", [None, 3.7])
-@pytest.mark.parametrize("eta", [0.0, 0.3])
-def test_captured_decoder_equals_host_decoder(guidance, eta):
-    table = StepTable.build(SchedulerConfig(), 12, 0.75, eta)
-    g = torch.Generator().manual_seed(1)
-    b, lat = 2, (2, 4, 4, 6)
-    x_T = torch.randn(lat, generator=g)
-    noises = torch.randn(table.num_steps, *lat, generator=g) if eta > 0 else None
-    cond, uncond = torch.randn(b, 7, 5, generator=g), torch.randn(1, 7, 5, generator=g)
-    text = TargetText(cond, uncond if guidance else None, guidance or 1.0)
-    unet = SyntheticUNet()
-    want = DdimDecoder(unet, BufferPool(CPU)).run(x_T, noises, table, text).clone()
-
-    decoder = DdimDecoder(unet, BufferPool(CPU))
-    bufs = decoder._buffers(b, lat, 2 if guidance else 1, text)
-    bufs["z"] = torch.empty(lat)
-    bufs["x"].copy_(x_T)
-    scale = None if guidance is None else torch.tensor(guidance, dtype=torch.float32)
-    step = DeviceDecoderStep(unet, DeviceStepTable(table, CPU), bufs, noises, scale)
-    captured = CapturedStep(step, NullGraphDevice(), CaptureConfig(warmup_calls=1))
-    for _ in range(table.num_steps):
-        out = captured()
-    assert out is bufs["x"] and torch.equal(out, want)
+@pytest.mark.parametrize("fail", [False, True])
+def test_cuda_graph_device_warms_and_captures_on_one_stream_and_restores_the_callers(fail):
+    cuda = FakeCuda(fail)
+    caller = cuda.current
+    dev = CudaGraphDevice(cuda=cuda)
+    dev.warmup(lambda: cuda.ran_on.append(cuda.current.name))
+    assert cuda.ran_on == ["side"] and cuda.current is caller and caller.waited_on == ["side"]
+    if fail:
+        with pytest.raises(RuntimeError):
+            dev.capture(lambda: cuda.ran_on.append(cuda.current.name))
+    else:
+        dev.capture(lambda: cuda.ran_on.append(cuda.current.name))
+    assert cuda.current is caller, "the thread was left on the capture stream"
+    assert cuda.ran_on == ["side", "side"] and dev.stream.waited_on == ["caller", "caller"]
+    assert cuda.graph_kwargs == {"stream": "side", "capture_error_mode": "thread_local"}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_graph_decoder_reuses_one_capture_per_shape(dtype):
-    g = torch.Generator().manual_seed(2)
-    lat = (1, 4, 4, 4)
-    unet, devices = SyntheticUNet(), []
-    graph = GraphDdimDecoder(unet, BufferPool(CPU, dtype), lambda: devices.append(NullGraphDevice()) or devices[-1])
-    runs = [(10, 0.8, 0.2, 7.5), (20, 0.4, 0.3, 2.3), (10, 0.5, 0.0, None)]  # (steps, strength, eta, guidance)
-    for steps, strength, eta, scale in runs:
-        table = StepTable.build(SchedulerConfig(), steps, strength, eta)
-        x_T = torch.randn(lat, generator=g, dtype=dtype)
-        noises = torch.randn(table.num_steps, *lat, generator=g, dtype=dtype) if table.eta > 0 else None
-        text = TargetText(torch.randn(1, 7, 5, generator=g, dtype=dtype),
-                          torch.randn(1, 7, 5, generator=g, dtype=dtype) if scale else None, scale or 1.0)
-        seen = []
-        want = DdimDecoder(unet, BufferPool(CPU, dtype)).run(x_T, noises, table, text).clone()
-        got = graph.run(x_T, noises, table, text, callback=lambda i, t, x: seen.append(int(t)))
-        assert torch.equal(got, want) and seen == table.timesteps.tolist()
-    assert len(devices) == 2  # runs 1 and 2 share (B, latent, guidance, K=8, noise); run 3 has its own graph
-    assert devices[0].events.count("capture") == 1 and devices[0].events.count("replay") == 8 * 2 - 2
+def test_a_failed_capture_runs_the_eager_fallback_on_the_callers_stream(monkeypatch):
+    monkeypatch.setattr(graph_capture, "FAILURES", CaptureFailures())
+    cuda = FakeCuda(fail=True)
+    step = CapturedStep(lambda: cuda.ran_on.append(cuda.current.name), CudaGraphDevice(cuda=cuda),
+                        CaptureConfig(warmup_calls=0))
+    step()
+    assert step.phase is Phase.EAGER and cuda.ran_on == ["side", "caller"]  # the recorded run, then the eager one
+
+
+# ---- the dispatcher captures only while no other call is in flight ------------------------------------------------
+
+class Doubler(ModelRunner):
+    def __init__(self) -> None:
+        super().__init__(specs(DIMS)[UNET])
+
+    def __call__(self, feeds, outputs) -> None:
+        outputs["noise_pred"].copy_(feeds["sample"] * 2)
+
+
+def _unet_call(disp: ModelDispatcher) -> torch.Tensor:
+    out = torch.empty(1, 4, 2, 2)
+    with disp.in_flight():
+        disp.call(UNET, {"sample": torch.ones(1, 4, 2, 2), "timestep": torch.ones(1),
+                         "encoder_hidden_states": torch.zeros(1, DIMS.text_len, DIMS.text_width)},
+                  {"noise_pred": out})
+    return out
+
+
+def test_the_dispatcher_defers_a_capture_while_another_call_is_in_flight_and_blocks_new_ones_during_it():
+    devices: list[NullGraphDevice] = []
+    disp = ModelDispatcher({UNET: Doubler()}, CPU, BatchingConfig(max_batch=4, wait_ms=0),
+                           graphs=lambda: devices.append(NullGraphDevice()) or devices[-1])
+    busy, release = threading.Event(), threading.Event()
+
+    def other_call():  # in flight, doing "device work" outside the dispatcher, queuing nothing
+        with disp.in_flight():
+            busy.set()
+            release.wait(10)
+
+    other = threading.Thread(target=other_call)
+    other.start()
+    busy.wait(10)
+    for _ in range(4):  # 2 warm-ups, then the capture is due but must wait
+        assert torch.equal(_unet_call(disp), torch.full((1, 4, 2, 2), 2.0))
+    assert devices[0].events == ["warmup"] * 4 and disp.graph_report()["signatures"][0]["phase"] == "warmup"
+    release.set()
+    other.join()
+
+    dev, entered, waiters = devices[0], [], []
+    real_capture = dev.capture
+
+    def newcomer():
+        with disp.in_flight():
+            entered.append(list(dev.events))
+
+    def capture(fn):  # a public call that starts during the capture must wait until it has ended
+        waiters.append(threading.Thread(target=newcomer))
+        waiters[0].start()
+        waiters[0].join(0.2)
+        assert waiters[0].is_alive(), "a new call entered during the capture"
+        return real_capture(fn)
+
+    dev.capture = capture
+    assert torch.equal(_unet_call(disp), torch.full((1, 4, 2, 2), 2.0))
+    waiters[0].join(10)
+    assert dev.events[4:] == ["capture", "replay"] and entered == [["warmup"] * 4 + ["capture", "replay"]]
+    report = disp.graph_report()
+    assert report["enabled"] and report["signatures"][0]["phase"] == "replay"
+    assert report["signatures"][0]["inputs"]["sample"] == [1, 4, 2, 2]

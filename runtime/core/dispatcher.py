@@ -11,6 +11,11 @@ Locking rule: `_cond` guards the queue, the in-flight count and the `_busy` flag
 `_busy` calls the runners or touches the merge buffers and the captured graphs. A thread inside `exclusive()`
 has set `_busy` the same way, so its model calls outside `call` (autograd through torch modules that the runners
 may share: guidance and Pix2Pix-Zero through runtime/core/model_gate.py) run alone and are never merged.
+
+CUDA graphs: a leader captures a UNet shape only while every in-flight call waits on a queued job or is in its
+batch (no other thread is doing CUDA work that could invalidate the capture or be recorded into it), and sets
+`_capturing` under `_cond` for the capture's length, during which no new public call enters; otherwise that call
+runs eagerly and a later quiet one captures.
 """
 from __future__ import annotations
 
@@ -75,6 +80,8 @@ class ModelDispatcher:
         self._in_flight = 0
         self._local = threading.local()
         self._exclusive_owner: int | None = None  # the thread inside exclusive(), under _cond
+        self._batch_jobs = 0  # leader only: jobs in the UNet batch it runs
+        self._capturing = False  # a leader is capturing a CUDA graph: new public calls wait, under _cond
         # leader only; read by tests and benchmarks
         self.stats = {"unet_calls": 0, "unet_jobs": 0, "merged_calls": 0, "waits": 0}
 
@@ -86,10 +93,12 @@ class ModelDispatcher:
         """Marks one public call as in flight (nested calls of one thread count once): the leader waits for
         jobs only while some in-flight call has none queued."""
         depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
         if depth == 0:
             with self._cond:
+                while self._capturing:  # a capture records the device's work: start none until it ends
+                    self._cond.wait()
                 self._in_flight += 1
+        self._local.depth = depth + 1
         try:
             yield
         finally:
@@ -210,6 +219,7 @@ class ModelDispatcher:
                 job.error = err
 
     def _run_unet(self, batch: list[_Job]) -> None:
+        self._batch_jobs = len(batch)  # leader only: read by _quiet
         self.stats["unet_calls"] += 1
         self.stats["unet_jobs"] += len(batch)
         if len(batch) == 1 and self.graphs is None:  # alone: run on the caller's own tensors, bitwise as before
@@ -249,7 +259,33 @@ class ModelDispatcher:
                 return out
 
             step = self._captured[key] = CapturedStep(run, self.graphs())
-        return step(**feeds)
+        if not step.capture_due:
+            return step.call(feeds)
+        with self._quiet() as quiet:
+            return step.call(feeds, may_capture=quiet)
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[bool]:
+        """Leader only: yields whether no other thread can be doing CUDA work (every in-flight call is waiting
+        on a queued job or is in this batch); while it is True, no new public call starts."""
+        with self._cond:
+            quiet = self._in_flight <= self._batch_jobs + len(self._queue)
+            self._capturing = quiet
+        try:
+            yield quiet
+        finally:
+            if quiet:
+                with self._cond:
+                    self._capturing = False
+                    self._cond.notify_all()
+
+    def graph_report(self) -> dict:
+        """What the CUDA graphs did: each UNet signature's phase, and the process's failed captures so far."""
+        from cyclediff.runtime.core import graph_capture
+
+        shapes = [{"inputs": {name: list(shape) for name, shape, _ in key}, "phase": step.phase.value,
+                   "captures": step.captures} for key, step in list(self._captured.items())]
+        return {"enabled": self.graphs is not None, "signatures": shapes, "failures": graph_capture.FAILURES.count}
 
 
 class DispatchedRunner(ModelRunner):

@@ -12,15 +12,23 @@ caller that keeps a result must copy it out first. `fn` may also read and write 
 A capture that fails (an op that cannot be captured, a library that syncs) is not retried: that step runs
 eagerly from then on (phase EAGER), and the process logs one warning for all such steps (`FAILURES` counts them).
 
+The capture runs in a thread that has warmed the step up (cuBLAS and cuDNN keep per-thread, per-stream state that
+a first call creates; creating it inside a capture fails): a capture in another thread than the last warm-up runs
+one more warm-up first. `call(inputs, may_capture=False)` runs a due capture eagerly instead (as a warm-up) and
+captures on a later call: the dispatcher asks for that while other calls may be doing CUDA work.
+
 The device is injected: `CudaGraphDevice` for torch.cuda.CUDAGraph, `NullGraphDevice` (no CUDA: capture records,
-replay re-runs eagerly) so the state machine is tested on CPU.
+replay re-runs eagerly) so the state machine is tested on CPU; `CudaGraphDevice(cuda=)` takes a stand-in for the
+torch.cuda module, so its stream handling is tested on CPU too.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 import logging
-from typing import Any, Callable, Protocol
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -84,9 +92,14 @@ class CapturedStep:
         self.captures = 0  # graphs recorded: 1 once captured (a step is never re-captured)
         self.failed = False  # the capture failed: eager for good
         self._warmups = 0
+        self._warm_thread: int | None = None  # the thread of the last warm-up
         self._graph: Any = None
 
     def __call__(self, **inputs: torch.Tensor) -> Any:
+        return self.call(inputs)
+
+    def call(self, inputs: dict[str, torch.Tensor], may_capture: bool = True) -> Any:
+        """Copy inputs into the static buffers and run; may_capture=False: a due capture waits (runs eagerly)."""
         sig = signature(inputs)
         if self.signature is None:
             self._start(sig, inputs)
@@ -99,26 +112,38 @@ class CapturedStep:
             static = self.static_inputs[name]
             if value.data_ptr() != static.data_ptr():  # a caller may write the static buffer directly
                 static.copy_(value)
-        return self._run()
+        return self._run(may_capture)
 
-    def _run(self) -> Any:
+    @property
+    def capture_due(self) -> bool:
+        """The next call would capture (when allowed to)."""
+        return self.phase is Phase.WARMUP and self._warmups >= self.config.warmup_calls
+
+    def _run(self, may_capture: bool) -> Any:
         run = self._bound
         if self.phase is Phase.EAGER:
             return run()
-        if self.phase is Phase.WARMUP and self._warmups < self.config.warmup_calls:
-            self._warmups += 1
-            return self.device.warmup(run)
-        if self.phase is not Phase.REPLAY:
-            self.phase = Phase.CAPTURE
-            try:
-                self._graph = self.device.capture(run)
-            except Exception as err:  # noqa: BLE001 - any capture failure: fall back, do not retry
-                self.phase, self._graph, self.failed = Phase.EAGER, None, True
-                FAILURES.note(err)
-                return run()  # capture computed nothing: this call's result comes from an eager run
-            self.captures += 1
-            self.phase = Phase.REPLAY
+        if self.phase is Phase.REPLAY:
+            return self.device.replay(self._graph)
+        if not self.capture_due or not may_capture:
+            return self._warmup()
+        if self._warmups and self._warm_thread != threading.get_ident():
+            self._warmup()  # this thread's own warm-up; the replay below overwrites its result
+        self.phase = Phase.CAPTURE
+        try:
+            self._graph = self.device.capture(run)
+        except Exception as err:  # noqa: BLE001 - any capture failure: fall back, do not retry
+            self.phase, self._graph, self.failed = Phase.EAGER, None, True
+            FAILURES.note(err)
+            return run()  # capture computed nothing: this call's result comes from an eager run
+        self.captures += 1
+        self.phase = Phase.REPLAY
         return self.device.replay(self._graph)  # right after capture too: capture itself computed nothing
+
+    def _warmup(self) -> Any:
+        self._warmups += 1
+        self._warm_thread = threading.get_ident()
+        return self.device.warmup(self._bound)
 
     def _bound(self) -> Any:
         return self.fn(**self.static_inputs)
@@ -137,26 +162,41 @@ def describe(sig: Signature) -> str:
 
 
 class CudaGraphDevice:
-    """torch.cuda.CUDAGraph. Warm-up runs on a side stream (as torch's docs ask before capture); capture uses
-    torch.cuda.graph's own side stream, so work inside fn that reads torch.cuda.current_stream() (TensorRT's
-    execute_async_v3) is captured too."""
+    """torch.cuda.CUDAGraph, warmed up and captured on one side stream of its own.
 
-    def __init__(self, device: torch.device | None = None, pool: Any = None):
-        self.stream = torch.cuda.Stream(device)
+    - One stream for both: the capture then finds the per-stream state (cuBLAS workspaces) that the warm-up made.
+    - capture_error_mode="thread_local": only this thread's capture-unsafe calls fail it (the dispatcher also
+      captures only while no other call is in flight; see dispatcher.py).
+    - The caller's stream waits for the side stream's work, and after a capture, failed or not, it is the
+      thread's current stream again: torch's `graph.__exit__` ends the capture before it restores the stream,
+      so a capture_end that raises would leave the thread on the capture stream, its eager fallback unsynced
+      with the caller and the next capture recording foreign kernels.
+    - Replay runs on the caller's current stream, so its outputs are ordered before the caller reads them.
+    cuda: the torch.cuda module, or a stand-in with the same names (tests)."""
+
+    def __init__(self, device: torch.device | None = None, pool: Any = None, cuda: Any = None):
+        self.cuda = cuda if cuda is not None else torch.cuda
+        self.stream = self.cuda.Stream(device)
         self.pool = pool  # torch.cuda.graph_pool_handle() to share memory between graphs that never overlap
 
     def warmup(self, fn: Callable[[], Any]) -> Any:
-        current = torch.cuda.current_stream()
+        current = self.cuda.current_stream()
         self.stream.wait_stream(current)
-        with torch.cuda.stream(self.stream):
-            out = fn()
-        current.wait_stream(self.stream)
-        return out
+        try:
+            with self.cuda.stream(self.stream):
+                return fn()
+        finally:
+            current.wait_stream(self.stream)
 
     def capture(self, fn: Callable[[], Any]) -> Any:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = fn()
+        graph = self.cuda.CUDAGraph()
+        current = self.cuda.current_stream()
+        self.stream.wait_stream(current)  # the static inputs were written on the caller's stream
+        try:
+            with self.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                out = fn()
+        finally:
+            self.cuda.set_stream(current)
         return graph, out
 
     def replay(self, graph: Any) -> Any:

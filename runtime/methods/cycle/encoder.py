@@ -7,15 +7,12 @@ trajectory is drawn first (cheap, sequential, in the reference's random-draw ord
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.runtime.core import ddim
 from cyclediff.runtime.core.buffers import BufferPool
-from cyclediff.runtime.core.cancel import check_cancelled
-from cyclediff.runtime.core.graph_capture import CapturedStep, GraphDevice
 from cyclediff.runtime.core.noise import NoiseSource
 from cyclediff.runtime.core.schedule import StepTable
 
@@ -34,18 +31,15 @@ def _col(v: torch.Tensor) -> torch.Tensor:
 
 
 class DpmEncoder:
-    """graphs: a GraphDevice factory (CUDA) to capture each UNet chunk shape once and replay it; None: eager."""
+    """unet: the dispatcher's runner (on CUDA it captures each chunk shape as a graph, as every UNet call)."""
 
-    def __init__(self, unet: ModelRunner, pool: BufferPool, max_batch: int, progress=None,
-                 graphs: Callable[[], GraphDevice] | None = None):
+    def __init__(self, unet: ModelRunner, pool: BufferPool, max_batch: int, progress=None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.unet = unet
         self.pool = pool
         self.max_batch = max_batch
         self.progress = progress
-        self.graphs = graphs
-        self._captured: dict[tuple, CapturedStep] = {}
 
     def noised(self, x0: torch.Tensor, table: StepTable, noise: NoiseSource) -> torch.Tensor:
         """x_T = sqrt(ᾱ_t0)·x0 + sqrt(1−ᾱ_t0)·n0 (DDIMScheduler.add_noise), drawing n0 (B, C, h, w)."""
@@ -110,23 +104,9 @@ class DpmEncoder:
         return out
 
     def _chunk(self, sample, timestep, emb, res) -> torch.Tensor:
-        """One UNet call on a chunk (m, C, h, w); captured per shape when graphs are on."""
-        if self.graphs is None:
-            self.unet({"sample": sample, "timestep": timestep, "encoder_hidden_states": emb}, {"noise_pred": res})
-            return res
-        check_cancelled()  # a replayed graph does not pass through the dispatcher's check
-        key = (tuple(sample.shape), tuple(emb.shape))
-        step = self._captured.get(key)
-        if step is None:
-            out = self.pool.get(f"enc.graph_out{key}", tuple(sample.shape))
-
-            def run(sample, timestep, encoder_hidden_states):
-                feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states}
-                self.unet(feeds, {"noise_pred": out})
-                return out
-
-            step = self._captured[key] = CapturedStep(run, self.graphs())
-        return step(sample=sample, timestep=timestep, encoder_hidden_states=emb)
+        """One UNet call on a chunk (m, C, h, w)."""
+        self.unet({"sample": sample, "timestep": timestep, "encoder_hidden_states": emb}, {"noise_pred": res})
+        return res
 
     def record(self, xs: torch.Tensor, eps: torch.Tensor, table: StepTable) -> torch.Tensor:
         """z (K, B, C, h, w) for all steps at once."""
