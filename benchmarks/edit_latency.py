@@ -227,18 +227,26 @@ def _interleaved(cases: list[Case], s: Setup) -> list[Row]:
     return [Row(c.scenario, c.impl, statistics.median(t), m, c.note) for c, t, m in zip(cases, times, mem)]
 
 
+_RESIDENT = [0]  # bytes allocated when the peak was last reset: every loaded pipeline's weights
+
+
 def reset_memory(s: Setup) -> None:
     if s.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        _RESIDENT[0] = torch.cuda.memory_allocated()
 
 
 def memory(s: Setup, torch_alloc: bool = True) -> str:
-    """cuda: torch allocator peak (ORT/TensorRT allocate outside it: device-wide use instead); CPU: max RSS."""
+    """cuda: the case's working memory, torch's allocator peak minus what was resident at the reset (every
+    implementation is loaded at once here, so a plain peak would hold all their weights; benchmarks/gpu_key.py
+    loads each alone and counts its weights too). ORT/TensorRT allocate outside torch: device-wide use instead.
+    CPU: max RSS."""
     if s.device.startswith("cuda"):
         if not torch_alloc:
             free, total = torch.cuda.mem_get_info()
             return f"{(total - free) / 2**20:.0f} MiB dev used"
-        return f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB peak"
+        return f"+{(torch.cuda.max_memory_allocated() - _RESIDENT[0]) / 2**20:.0f} MiB working"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB maxrss"
 
 

@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (issue 10): tests, CUDA-graph smoke, fp16 fidelity and the speed table, in one go.
+# The one prepared GPU run (issue 23): the key measurement first, then the GPU tests, throughput, torch.compile.
 #
-#   bash benchmarks/gpu_check.sh RESULTS_DIR                 # on the GPU machine (torch with CUDA, no internet)
-#   CPU_SMOKE=1 bash benchmarks/gpu_check.sh /tmp/gpu-smoke  # here: every stage tiny on the CPU (~3 min)
+#   bash tools/fill_wheels.sh                                  # here, once: diffusers & co. as wheels in .whl/
+#   bash benchmarks/gpu_check.sh RESULTS_DIR                   # on the GPU machine (device tool: carry [".whl"])
+#   CPU_SMOKE=1 bash benchmarks/gpu_check.sh /tmp/gpu-smoke    # here: every stage tiny on the CPU (~1 min)
 #
-# Writes RESULTS_DIR/gpu_check.log (everything every stage printed) and RESULTS_DIR/results.json (per stage:
-# status, seconds, exit code, and the stage's own JSON). Each stage has its own timeout and the whole run a
-# budget (GPU_CHECK_BUDGET_S, default 480 s): a stage that fails or times out still leaves the others' results,
-# and a stage that no longer fits is skipped with the reason. Exit code: 0 when every stage that ran passed.
+# Stages, in order of what the run is for (each under its own timeout, the whole under GPU_CHECK_BUDGET_S,
+# default 420 s; a stage that fails or times out still leaves the others' results, and one that no longer fits
+# is skipped with the reason):
+#   env, wheels, imports  the GPU, torch, the carried wheels, every cyclediff package importable
+#   export                SD v1.4's architecture with random weights, exported once, torch-only (no ONNX Runtime
+#                         or OpenVINO steps: the torch backend never uses them)
+#   key                   benchmarks/gpu_key.py: 512², 50 steps x 0.8, one process, RESULTS_DIR/key.json rewritten
+#                         after every row (cyclediff fp16 + CUDA graphs, fp16 eager, diffusers fp16 eager, fp32
+#                         reference with TF32 off; PSNR, latent error, peak memory, capture report, SDPA kernels)
+#   pytest                the GPU test files only (tests/test_cuda_graph_gpu.py, test_gpu_engine.py, test_tensorrt.py)
+#   throughput            fp16, 1 and 4 clients, the same export
+#   compile               diffusers + torch.compile(unet) against cyclediff, if time remains
+# Writes RESULTS_DIR/gpu_check.log (all output), RESULTS_DIR/key.json, RESULTS_DIR/results.json (per stage: status,
+# seconds, exit code, and the stage's JSON). Exit code: 0 when every stage that ran passed.
 #
-# The GPU machine has torch with CUDA but no diffusers and no network. Bring diffusers and its pure-Python
-# dependencies that its image lacks as wheels in /.whl/ (git-ignored), filled here with:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform any -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 onnx_graphsurgeon==0.6.1
-# (the rest of diffusers' needs, huggingface-hub>=1.32, safetensors>=0.8, regex, requests, filelock, Pillow and
-# numpy, are in that image). Through the device tool: run `bash benchmarks/gpu_check.sh $OUT` with carry [".whl"].
-#
-# Env: CPU_SMOKE=1 (tiny CPU versions of every stage; the GPU-only ones skip), GPU_CHECK_BUDGET_S, PYTHON,
-# FIDELITY_REF=cpu|cuda (where the fp32 reference runs; default cuda with TF32 off: the same fp32 arithmetic, in
-# seconds instead of minutes), CYCLEDIFF_CACHE (default /tmp/cyclediff-cache).
+# Env: CPU_SMOKE=1, GPU_CHECK_BUDGET_S, PYTHON, CYCLEDIFF_CACHE (default /tmp/cyclediff-cache).
 set -uo pipefail
 RESULTS=${1:?usage: bash benchmarks/gpu_check.sh RESULTS_DIR}
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ LOG=$RESULTS/gpu_check.log
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)  # stage JSONs; merged into results.json (the device tool returns <= 8 files)
 PY=${PYTHON:-python3}
 SMOKE=${CPU_SMOKE:-0}
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
 export PYTHONUNBUFFERED=1 CYCLEDIFF_CACHE=${CYCLEDIFF_CACHE:-/tmp/cyclediff-cache}
 : >"$LOG"
 : >"$WORK/stages.jsonl"
@@ -87,60 +89,55 @@ HAVE_CUDA=$($PY -c 'import torch; print(int(torch.cuda.is_available()))' 2>>"$LO
 say "CPU_SMOKE=$SMOKE cuda=$HAVE_CUDA budget=${BUDGET}s results=$RESULTS"
 stage env 60 5 - bash -c "nvidia-smi || true; $PY -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'"
 
-# The package as its pyproject maps it (cyclediff = api/, cyclediff.export = export/, ...), without pip.
+# The package as its pyproject maps it (cyclediff = api/, cyclediff.export = export/, ...), without pip: every
+# package, so that any module a test or benchmark imports resolves.
 SRC=$WORK/src
 mkdir -p "$SRC/cyclediff"
 for f in api/*.py; do ln -s "$PWD/$f" "$SRC/cyclediff/"; done
-for d in export engine runtime; do ln -s "$PWD/$d" "$SRC/cyclediff/$d"; done
+for d in export engine runtime serve; do ln -s "$PWD/$d" "$SRC/cyclediff/$d"; done
+ln -s "$PWD/evaluation" "$SRC/cyclediff/eval"
 SITE=$WORK/site
 if compgen -G ".whl/*.whl" >/dev/null; then
   stage wheels 120 10 - $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" .whl/*.whl
 else
-  skip wheels "no .whl/*.whl here (see this script's header); using the installed packages"
+  skip wheels "no .whl/*.whl here (bash tools/fill_wheels.sh fills it); using the installed packages"
 fi
 export PYTHONPATH=$SITE:$SRC${PYTHONPATH:+:$PYTHONPATH}
-stage imports 60 5 - $PY -c 'import diffusers, cyclediff, cyclediff.runtime.engine; print("diffusers", diffusers.__version__, "cyclediff from", cyclediff.__file__)'
+stage imports 60 5 - $PY -c 'import diffusers, cyclediff, cyclediff.runtime.engine, cyclediff.export.pipeline; print("diffusers", diffusers.__version__, "cyclediff from", cyclediff.__file__)'
 
+EXPORT=$CYCLEDIFF_CACHE/gpu-check-export
 if [[ $SMOKE == 1 ]]; then  # tiny CPU stand-ins for every stage
-  SRC_ARGS=(--ckpt tiny) FID=(--device cpu --dtype fp16 --ref-device cpu --steps 10)
-  LAT=(--ckpt tiny --device cpu --steps 3 --warmup 0 --repeat 1 --prompts 1 --threads 2)
-  THR=(--arch tiny --device cpu --clients 1,4,8 --requests 8 --steps 3 --threads 2)
-  STEPS100=(--steps 4)
+  EXPORT=$WORK/export ARCH=tiny
+  KEY=(--device cpu --steps 4 --warmup 1 --repeat 1)
+  THR=(--device cpu --dtype fp16 --clients 1,4 --requests 4 --steps 3 --threads 2)
 elif [[ $HAVE_CUDA == 1 ]]; then
-  SRC_ARGS=(--arch sd-v1-4)
-  FID=(--device cuda --dtype fp16 --ref-device "${FIDELITY_REF:-cuda}" --steps 50 --strength 0.8)
-  LAT=(--arch sd-v1-4 --device cuda --dtype fp16 --warmup 1 --repeat 3 --prompts 2)
-  THR=(--arch sd-v1-4 --device cuda --clients 1,4,8 --requests 8 --steps 20 --size 512)
-  STEPS100=(--steps 100)
+  ARCH=sd-v1-4
+  KEY=(--device cuda --size 512 --steps 50 --strength 0.8 --warmup 1 --repeat 3)
+  THR=(--device cuda --dtype fp16 --clients 1,4 --requests 8 --steps 20 --size 512)
 fi
-BACKENDS=torch
-if $PY -c 'import tensorrt; tensorrt.Builder' >/dev/null 2>&1 && [[ $HAVE_CUDA == 1 ]]; then BACKENDS=torch,tensorrt; fi
-
-# ---- 1. tests: gpu- and tensorrt-marked (skips print their reasons), incl. the CUDA-graph smoke with threads ------
-stage pytest 180 30 - $PY -m pytest -m "gpu or tensorrt" -p no:cacheprovider -q -rs tests/
 
 if [[ $SMOKE != 1 && $HAVE_CUDA != 1 ]]; then
-  for s in export fidelity edit_latency_compile edit_latency_100_steps throughput; do
+  for s in export key pytest throughput compile; do
     skip $s "no CUDA device (CPU_SMOKE=1 runs tiny CPU versions)"
   done
 else
-  # ---- 2. the SD v1.4 architecture (random weights) exported once; fp16 fidelity against fp32 -------------------
-  stage export 240 60 - $PY benchmarks/fidelity.py "${SRC_ARGS[@]}" --export-only
-  stage fidelity 150 30 "$WORK/fidelity.json" $PY benchmarks/fidelity.py "${SRC_ARGS[@]}" "${FID[@]}" \
-    --json "$WORK/fidelity.json"
-  # ---- 3. the speed table: diffusers fp16 eager and + torch.compile vs cyclediff, one run ------------------------
+  # ---- 1. one export, torch-only; 2. the key measurement, first ---------------------------------------------------
+  stage export 180 60 - $PY benchmarks/gpu_key.py --engine "$EXPORT" --arch $ARCH --export-only
+  stage key 240 60 "$RESULTS/key.json" $PY benchmarks/gpu_key.py --engine "$EXPORT" "${KEY[@]}" \
+    --json "$RESULTS/key.json"
+  # ---- 3. the GPU tests (they skip, with reasons, without CUDA or TensorRT) ----------------------------------------
+  stage pytest 120 30 - $PY -m pytest -p no:cacheprovider -q -rs tests/test_cuda_graph_gpu.py \
+    tests/test_gpu_engine.py tests/test_tensorrt.py
+  # ---- 4. throughput, fp16, 1 and 4 clients ------------------------------------------------------------------------
+  stage throughput 120 40 - $PY benchmarks/throughput.py --engine "$EXPORT" --backends torch "${THR[@]}"
+  # ---- 5. torch.compile, last, only if time remains ----------------------------------------------------------------
   if [[ $SMOKE == 1 ]]; then
-    skip edit_latency_compile "GPU-only: torch.compile of the UNet is timed on CUDA (CPU smoke runs it without)"
-    stage edit_latency 120 20 "$WORK/latency.json" $PY benchmarks/edit_latency.py "${LAT[@]}" --backends "$BACKENDS" \
-      --json "$WORK/latency.json"
+    skip compile "GPU-only: torch.compile of the UNet is timed on CUDA"
   else
-    stage edit_latency_compile 240 90 "$WORK/latency.json" $PY benchmarks/edit_latency.py "${LAT[@]}" --compile \
-      --backends "$BACKENDS" --json "$WORK/latency.json"
+    stage compile 200 90 "$WORK/compile.json" $PY benchmarks/edit_latency.py --engine "$EXPORT" --device cuda \
+      --dtype fp16 --backends torch --compile --no-stages --warmup 1 --repeat 2 --prompts 1 --json "$WORK/compile.json"
   fi
-  stage throughput 150 40 - $PY benchmarks/throughput.py "${THR[@]}" --backends torch
-  stage edit_latency_100_steps 150 40 "$WORK/latency100.json" $PY benchmarks/edit_latency.py "${LAT[@]}" \
-    "${STEPS100[@]}" --backends "$BACKENDS" --no-stages --json "$WORK/latency100.json"
 fi
 
 # ---- results.json: every stage's record, in order -----------------------------------------------------------------
@@ -154,13 +151,18 @@ for s in stages:
     print(f"{s['stage']:<24} {s['status']:<8} {s['seconds']:5.0f}  {s['reason']}")
 for s in stages:  # the numbers the issue asks for, so the tail of the output carries them
     r = s.get("result") or {}
-    if "psnr_db" in r:
-        print(f"\nfidelity: PSNR {r['psnr_db']:.2f} dB, finite {r['finite']}, guard {r['guard']}, pass {r['pass']}")
     for row in r.get("rows", []):
-        ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.1f}"
-        print(f"{s['stage']}: {row['scenario']:<24} {row['impl']:<26} {ms:>9} ms  {row['memory']} {row['note']}")
-    for backend, line in r.get("mfu", {}).items():
-        print(f"{s['stage']}: {backend} {line}")
+        if "scenario" in row:  # edit_latency.py
+            ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.1f}"
+            print(f"{s['stage']}: {row['scenario']:<24} {row['impl']:<26} {ms:>9} ms  {row['memory']} {row['note']}")
+        elif "first_edit_ms" in row:  # gpu_key.py
+            mem = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f} MiB"
+            print(f"{s['stage']}: {row['impl']:<30} first {row['first_edit_ms']:9.1f} ms  repeat "
+                  f"{row['repeat_edit_ms']:9.1f} ms  peak {mem}")
+        elif "error" in row:
+            print(f"{s['stage']}: {row['impl']}: FAILED {row['error']}")
+    for name, t in r.get("targets", {}).items():
+        print(f"{s['stage']}: target {name} {t['value']:.3g} (>= {t['target']}) {'met' if t['met'] else 'NOT met'}")
 PYEOF
 say "done in ${SECONDS}s; log $LOG, results $RESULTS/results.json"
 rm -rf "$WORK"

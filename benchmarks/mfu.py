@@ -53,39 +53,74 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cpu_matmul_peaks(sizes: tuple[int, ...] = (2048, 4096), repeat: int = 6) -> dict[str, float]:
-    """The best n×n×n matmul rate (TFLOP/s) each library reaches on this CPU: torch and OpenVINO, fp32 and bf16.
-    Keys 'torch fp32', 'openvino bf16', ...; OpenVINO where it is installed."""
+# The GEMMs an SD v1.4 UNet step runs most (M tokens x K -> N), at 256² and 512² (latent 32² / 64²: 1024 / 4096
+# tokens at the top level, batch 2 with guidance): attention projections (320 -> 320), feed-forward (320 -> 2560,
+# 1280 -> 320: GEGLU's 4x) and the deeper levels' 640 / 1280 channels. On oneDNN with AMX these run faster than a
+# square n³ GEMM (3.3-3.9 against 2.3 TFLOP/s on a 2-vCPU Xeon), so a square-only peak would overstate MFU.
+UNET_GEMMS = ((8192, 320, 320), (8192, 320, 2560), (8192, 1280, 320), (2048, 640, 640), (2048, 640, 5120),
+              (512, 1280, 1280), (512, 1280, 10240))
+SQUARE_GEMMS = ((2048, 2048, 2048), (4096, 4096, 4096))
+
+
+def cpu_matmul_peaks(shapes: tuple[tuple[int, int, int], ...] = SQUARE_GEMMS + UNET_GEMMS,
+                     repeat: int = 6) -> dict[str, float]:
+    """The best matmul rate (TFLOP/s) each library reaches on this CPU over `shapes` (m, k, n): torch and OpenVINO,
+    fp32 and bf16. Keys 'torch fp32', 'openvino bf16', ...; OpenVINO where it is installed."""
     peaks = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        name = "fp32" if dtype == torch.float32 else "bf16"
-        peaks[f"torch {name}"] = max(matmul_peak_tflops("cpu", dtype, n, repeat) for n in sizes)
-        try:
-            peaks[f"openvino {name}"] = max(_openvino_matmul_tflops(name, n, repeat) for n in sizes)
-        except ImportError:
-            pass
+    for name, rates in cpu_matmul_rates(shapes, repeat).items():
+        peaks[name] = max(rates.values())
     return peaks
 
 
-def _openvino_matmul_tflops(dtype: str, n: int, repeat: int) -> float:
-    """One MatMul with a constant n×n weight on OpenVINO's CPU plugin at this precision hint."""
+def cpu_matmul_rates(shapes: tuple[tuple[int, int, int], ...] = SQUARE_GEMMS + UNET_GEMMS,
+                     repeat: int = 6) -> dict[str, dict[tuple[int, int, int], float]]:
+    """Every (library dtype) -> {shape: TFLOP/s}."""
+    rates: dict[str, dict[tuple[int, int, int], float]] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        rates[f"torch {name}"] = {mkn: gemm_tflops("cpu", dtype, mkn, repeat) for mkn in shapes}
+        try:
+            rates[f"openvino {name}"] = {mkn: _openvino_matmul_tflops(name, mkn, repeat) for mkn in shapes}
+        except ImportError:
+            pass
+    return rates
+
+
+def gemm_tflops(device: str, dtype: torch.dtype, mkn: tuple[int, int, int], repeat: int = 6) -> float:
+    """(m, k) @ (k, n) rate on this device and dtype, median of `repeat` after 2 warm-ups."""
+    m, k, n = mkn
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeat + 2):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / sorted(times[2:])[len(times[2:]) // 2] / 1e12
+
+
+def _openvino_matmul_tflops(dtype: str, mkn: tuple[int, int, int], repeat: int) -> float:
+    """One MatMul (m, k) @ constant (k, n) on OpenVINO's CPU plugin at this precision hint."""
     import numpy as np
     import openvino as ov
     from openvino import opset13 as ops
 
-    x = ops.parameter([n, n], ov.Type.f32)
-    weight = ops.constant(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    m, k, n = mkn
+    x = ops.parameter([m, k], ov.Type.f32)
+    weight = ops.constant(np.random.default_rng(0).standard_normal((k, n), dtype=np.float32))
     compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, weight, False, False)], [x]), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32" if dtype == "fp32" else "bf16",
                                         "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-    data = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    data = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
     times = []
     for _ in range(repeat + 2):
         start = time.perf_counter()
         request.infer({0: data})
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / sorted(times[2:])[len(times[2:]) // 2] / 1e12
+    return 2 * m * k * n / sorted(times[2:])[len(times[2:]) // 2] / 1e12
 
 
 def unet_step_tflops(checkpoint: str, sizes: tuple[int, ...], batch: int = 2) -> dict[int, float]:
@@ -105,3 +140,18 @@ def unet_step_tflops(checkpoint: str, sizes: tuple[int, ...], batch: int = 2) ->
             unet(*args)
         out[size] = batch * counter.get_total_flops() / 1e12
     return out
+
+
+def main() -> None:
+    """python benchmarks/mfu.py: this CPU's matmul rates per library, dtype and shape, and the peak MFU is quoted
+    against (the best of them)."""
+    rates = cpu_matmul_rates()
+    shapes = list(next(iter(rates.values())))
+    print(f"{'m x k x n':<20}" + "".join(f"{name:>16}" for name in rates))
+    for mkn in shapes:
+        print(f"{'x'.join(map(str, mkn)):<20}" + "".join(f"{rates[name][mkn]:16.3f}" for name in rates))
+    print(f"{'peak':<20}" + "".join(f"{max(r.values()):16.3f}" for r in rates.values()) + "   TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-maps", action="store_true",
                    help="also write unet_attn.onnx: the UNet with its cross-attention probabilities as outputs, so "
                         "Pix2Pix-Zero's reference pass runs on ONNX Runtime (a second copy of the UNet weights)")
+    p.add_argument("--torch-only", action="store_true",
+                   help="graphs for the torch backend only: skip the ONNX Runtime parity run, the attention fusion, "
+                        "the ORT-optimized copies and the OpenVINO IR (minutes at SD size); other backends refuse "
+                        "the export")
     p.add_argument("--torchscript", action="store_true",
                    help="also write TorchScript programs for the C++ library's CPU executor (libcyclediff)")
     trt = p.add_argument_group("TensorRT (fp16 plans with static shapes for the runtime's exact workload)")
@@ -88,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from cyclediff.export.plan_cache import TensorRTUnavailable
 
     try:
+        if args.torch_only and args.trt:
+            raise ValueError("--trt builds TensorRT plans from graphs that a --torch-only export never verifies; "
+                             "drop one of them")
         build_trt = _want_tensorrt(args.trt)  # fails fast when --trt is asked for without TensorRT or a GPU
         settings = ExportSettings(opset=args.opset, exporters=exporter_order(args.exporter),
-                                  trace_size=args.trace_size, ort_attention=not build_trt)
+                                  trace_size=args.trace_size, ort_attention=not build_trt,
+                                  torch_only=args.torch_only)
         report = run(args.ckpt, args.out, config=args.config, settings=settings, quiet=args.quiet,
                      force=args.force, torchscript=args.torchscript, fp16=args.fp16,
                      attention_maps=args.attention_maps, loras=tuple(args.lora))

@@ -178,10 +178,11 @@ def verify_all(folder: Path, manifest: Manifest) -> list[FileGroup]:
     return checked
 
 
-def for_fast_load(folder: Path, manifest: Manifest, ref: CheckpointRef) -> Manifest:
-    """The export's last step before the manifest: ONNX Runtime-optimized graphs and OpenVINO IR, then stamps of
-    every file."""
+def for_fast_load(folder: Path, manifest: Manifest, ref: CheckpointRef, derived: bool = True) -> Manifest:
+    """The export's last step before the manifest: ONNX Runtime-optimized graphs and OpenVINO IR (derived=False:
+    neither, for a torch-only export), then stamps of every file."""
     from cyclediff.export import openvino_ir, ort_cache
 
-    manifest = openvino_ir.attach(folder, ort_cache.attach(folder, manifest))
+    if derived:
+        manifest = openvino_ir.attach(folder, ort_cache.attach(folder, manifest))
     return attach(folder, manifest, checkpoint_stamps(ref))  # DEFAULT sampling, looked up now (tests narrow it)

@@ -39,6 +39,10 @@ class ExportSettings:
     # UNet attention fused by ONNX Runtime's optimizer into MultiHeadAttention (export/ort_optimize.py): no
     # (T, T) scores, but com.microsoft ops that only ONNX Runtime runs; off for graphs TensorRT will parse.
     ort_attention: bool = True
+    # Graphs for the torch backend alone (the manifest's identity): no ONNX Runtime parity run, no attention
+    # fusion, no ORT-optimized copies or OpenVINO IR; other backends refuse such an export (benchmarks/gpu_check.sh:
+    # the SD architecture's ORT steps cost minutes of a GPU machine's time that the torch backend never uses).
+    torch_only: bool = False
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -49,7 +53,10 @@ class ExportSettings:
             raise ValueError(f"trace batch/size must be >= 1, got {self.trace_batch}/{self.trace_size}")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.torch_only:  # left out when off, so the reuse keys of earlier exports stay as they were
+            del d["torch_only"]
+        return d
 
 
 def export_onnx(

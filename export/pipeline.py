@@ -43,10 +43,16 @@ class ExportReport:
     parity: dict[str, dict[str, Any]]  # model -> Parity.to_json() (recorded when it was verified)
 
 
+TORCH_ONLY = "torch_only"  # manifest.extra key: graphs for the torch backend only (ExportSettings.torch_only)
+TORCH_ONLY_PARITY = {"skipped": "torch-only export: checked with onnx.checker, not run in ONNX Runtime"}
+
+
 def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int = 18, trace_size: int | None = None,
            exporter: str = "auto", quiet: bool = False, force: bool = False, torchscript: bool = False,
-           fp16: bool = False, attention_maps: bool = False, loras: tuple = ()) -> Manifest:
+           fp16: bool = False, attention_maps: bool = False, loras: tuple = (), torch_only: bool = False) -> Manifest:
     """Export checkpoint `ckpt` into folder `out`; return the manifest written there.
+
+    torch_only: graphs for the torch backend alone (ExportSettings.torch_only): no ONNX Runtime or OpenVINO steps.
 
     loras: 'FILE[:SCALE]' strings (or export/lora.py LoraSpecs): LoRAs fused into the weights, in order.
 
@@ -56,7 +62,7 @@ def export(ckpt: str, out: str | Path, *, config: str | None = None, opset: int 
     (export/attention_maps.py: Pix2Pix-Zero's reference pass off torch); a second copy of the UNet weights.
     """
     exporters = exporter_order(exporter)
-    settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size)
+    settings = ExportSettings(opset=opset, exporters=exporters, trace_size=trace_size, torch_only=torch_only)
     return run(ckpt, out, config=config, settings=settings, quiet=quiet, force=force,
                torchscript=torchscript, fp16=fp16, attention_maps=attention_maps, loras=loras).manifest
 
@@ -76,6 +82,11 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
     """The export with its report; `export` is this minus the report. None: default settings/tolerance.
     loras: 'FILE[:SCALE]' strings or export/lora.py LoraSpecs, fused in order (checked before anything else)."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
+    if settings.torch_only and (fp16 or torchscript or attention_maps):
+        raise ValueError("a torch-only export writes no graphs for other runtimes: drop --fp16, --torchscript and "
+                         "--attention-maps, or drop --torch-only")
+    if settings.torch_only:
+        settings = dataclasses.replace(settings, ort_attention=False)
     specs = tuple(lora.checked(s if isinstance(s, lora.LoraSpec) else lora.parse(s)) for s in loras)
     _check_out(out)
     progress = Progress(_STEPS, quiet)
@@ -138,7 +149,11 @@ class _Run:
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
-            manifest = integrity.for_fast_load(self.out, manifest, self.ref)  # ORT-optimized graphs, file stamps
+            flag = {TORCH_ONLY: True} if self.settings.torch_only else {}
+            kept = {k: v for k, v in manifest.extra.items() if k != TORCH_ONLY}
+            manifest = dataclasses.replace(manifest, extra={**kept, **flag})
+            # ORT-optimized graphs and OpenVINO IR (not for torch-only), file stamps
+            manifest = integrity.for_fast_load(self.out, manifest, self.ref, derived=not self.settings.torch_only)
             manifest.verify_files(self.out)
             manifest.save(self.out)  # last: from here on the folder loads
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
@@ -200,6 +215,9 @@ class _Run:
                     files = self._ort_attention(name, files)
                 with self.progress.step(f"verify {name}"):
                     parity = self._verify(name, files[0])
+                    if parity is None:  # torch-only: checked, not run
+                        rel = tuple(str(f.relative_to(staging)) for f in files)
+                        return ModelRecord(key, rel, sha256_files(files), exporter, TORCH_ONLY_PARITY)
             except Exception as err:  # noqa: BLE001 -- torch's exporters raise anything; try the next one
                 failures.append(f"{exporter} exporter: {err}")
                 if i + 1 < len(self.settings.exporters):
@@ -245,8 +263,10 @@ class _Run:
         return {"ort_attention": fused,
                 "memory_profile": ArchProfile.of(self.comps.unet.config, self.comps.vae.config).to_json()}
 
-    def _verify(self, name: str, path: Path) -> Parity:
+    def _verify(self, name: str, path: Path) -> Parity | None:
         check_graph(path)
+        if self.settings.torch_only:
+            return None
         batch = self.settings.trace_batch + 1
         return compare(path, self.graphs[name], self.specs[name], self.dims, batch, self.verify_hw, self.tolerance)
 
