@@ -8,17 +8,7 @@ import torch
 
 def matmul_peak_tflops(device: str, dtype: torch.dtype, n: int = 4096, repeat: int = 10) -> float:
     """Dense n×n×n matmul rate on this device and dtype, median of `repeat` (the ceiling MFU is quoted against)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)  # random, never zeros: zeros run faster than real data
-    times = []
-    for _ in range(repeat + 2):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    median = sorted(times[2:])[len(times[2:]) // 2]
-    return 2 * n**3 / median / 1e12
+    return gemm_tflops(device, dtype, (n, n, n), repeat)  # random inputs, never zeros: zeros run faster
 
 
 def unet_step_tflop(engine, batch: int, latent_hw: tuple[int, int]) -> float | None:
