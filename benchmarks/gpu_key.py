@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edit_latency as common  # noqa: E402
-from fidelity import psnr  # noqa: E402
+from fidelity import guard_check, psnr  # noqa: E402
 
 TARGET = common.TARGETS[0]
 
@@ -52,22 +51,11 @@ class Recorder:
         os.replace(tmp, self.path)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def median_ms(fn, args) -> float:
-    for _ in range(args.warmup):
-        fn()
-    sync(args.device)
-    times = []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(args.device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """edit_latency's timing (--warmup runs, then the median of --repeat, synchronized on CUDA)."""
+    setup = common.Setup(args.device, "fp16", args.steps, args.strength, args.guidance_scale, args.eta, 1,
+                         args.warmup, args.repeat)
+    return common.median_ms(fn, setup)
 
 
 def free(device: str) -> int:
@@ -103,18 +91,19 @@ def cyclediff_row(label: str, folder: Path, image, args, dtype: str, graphs: boo
     def encode():
         return engine.encode(image, common.SOURCE, generator=gen(), **kw)
 
+    def decode(c, output_type: str = "pil"):
+        return engine.decode(c, TARGET, guidance_scale=args.guidance_scale, output_type=output_type)
+
     code = encode()
-    first = median_ms(lambda: engine.decode(encode(), TARGET, guidance_scale=args.guidance_scale), args)
-    repeat = median_ms(lambda: engine.decode(code, TARGET, guidance_scale=args.guidance_scale), args)
-    latent_ms = median_ms(lambda: engine.decode(code, TARGET, guidance_scale=args.guidance_scale,
-                                                output_type="latent"), args)
-    latent = engine.decode(code, TARGET, guidance_scale=args.guidance_scale, output_type="latent").images
-    outputs[label] = (latent.float().cpu(),
-                      engine.decode(code, TARGET, guidance_scale=args.guidance_scale, output_type="np").images)
+    first = median_ms(lambda: decode(encode()), args)
+    repeat = median_ms(lambda: decode(code), args)
+    step_ms = median_ms(lambda: decode(code, "latent"), args) / code.noises.shape[0]
+    outputs[label] = (decode(code, "latent").images.float().cpu(), decode(code, "np").images)
     row = {"impl": label, "load_s": load_s, "first_edit_ms": first, "repeat_edit_ms": repeat,
-           "decoder_step_ms": latent_ms / code.noises.shape[0], "peak_mib": peak_mib(args.device, before),
-           "cuda_graphs": engine.dispatcher.graph_report(), "mfu": mfu(engine, image, latent_ms / code.noises.shape[0],
-                                                                       dtype, args)}
+           "decoder_step_ms": step_ms, "peak_mib": peak_mib(args.device, before),
+           "cuda_graphs": engine.dispatcher.graph_report(), "mfu": mfu(engine, image, step_ms, dtype, args)}
+    if dtype == "fp16":  # the fp16 VAE decoder re-runs in fp32 what it overflows on (as fidelity.py checks)
+        row["vae_guard"] = guard_check(engine)
     return row  # the engine goes with this frame; free() collects it before the next row
 
 
@@ -246,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepared(folder: Path, arch: str | None) -> Path:
-    """folder, exported first (torch-only: no ONNX Runtime or OpenVINO steps) when it holds no manifest."""
+    """folder as it is (no --arch), or exported into (torch-only: no ONNX Runtime or OpenVINO steps) from --arch;
+    a re-run's export reuses every model whose content key is unchanged."""
     from cyclediff.export.manifest import MANIFEST
     from cyclediff.export.pipeline import export
     from cyclediff.export.tiny import cache_root
 
-    if (folder / MANIFEST).is_file():
-        return folder
     if arch is None:
-        raise SystemExit(f"gpu_key.py: error: {folder} holds no export; pass --arch sd-v1-4 (or tiny) to make one")
+        if not (folder / MANIFEST).is_file():
+            raise SystemExit(f"gpu_key.py: error: {folder} holds no export; pass --arch sd-v1-4 (or tiny) to make one")
+        return folder
     ckpt = str(common.build_sd14_random(cache_root() / "bench" / "sd-v1-4-random")) if arch == "sd-v1-4" else "tiny"
     t0 = time.perf_counter()
     export(ckpt, folder, quiet=True, torch_only=True)

@@ -14,6 +14,7 @@ from cyclediff.export.specs import Dims, ModelSpec, TensorSpec
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+TORCH_ONLY = "torch_only"  # extra key: graphs for the torch backend only (ExportSettings.torch_only)
 
 
 class ManifestError(ValueError):
@@ -117,6 +118,11 @@ class Manifest:
         """The digest cyclediff wrote into codes before 0.2 (the whole manifest's JSON): codes saved then still
         decode on the export that made them, while that export is unchanged."""
         return _sha256_json(self.to_json())
+
+    @property
+    def torch_only(self) -> bool:
+        """Made by `cyclediff-export --torch-only`: no other backend may load it."""
+        return bool(self.extra.get(TORCH_ONLY))
 
     def made(self, digest: str) -> bool:
         """Did this export (unchanged) make a code or inversion that records `digest`?"""

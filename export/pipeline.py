@@ -20,7 +20,7 @@ from typing import Any
 from cyclediff.export import attention_maps, checkpoint, integrity, lora, models, writable
 from cyclediff.export.attention_maps import UNET_ATTN
 from cyclediff.export.heap import release_freed_memory
-from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, Manifest, ModelEntry, sha256_files
+from cyclediff.export.manifest import MANIFEST, TOKENIZER_DIR, TORCH_ONLY, Manifest, ModelEntry, sha256_files
 from cyclediff.export.onnx_export import ExportError, ExportSettings, export_onnx
 from cyclediff.export.progress import Progress, quiet_libraries
 from cyclediff.export.reuse import STATE, ExportState, ModelRecord, model_key
@@ -43,7 +43,6 @@ class ExportReport:
     parity: dict[str, dict[str, Any]]  # model -> Parity.to_json() (recorded when it was verified)
 
 
-TORCH_ONLY = "torch_only"  # manifest.extra key: graphs for the torch backend only (ExportSettings.torch_only)
 TORCH_ONLY_PARITY = {"skipped": "torch-only export: checked with onnx.checker, not run in ONNX Runtime"}
 
 
@@ -82,10 +81,10 @@ def run(ckpt: str, out: str | Path, *, config: str | None = None, settings: Expo
     """The export with its report; `export` is this minus the report. None: default settings/tolerance.
     loras: 'FILE[:SCALE]' strings or export/lora.py LoraSpecs, fused in order (checked before anything else)."""
     out, settings, tolerance = Path(out), settings or ExportSettings(), tolerance or Tolerance()
-    if settings.torch_only and (fp16 or torchscript or attention_maps):
-        raise ValueError("a torch-only export writes no graphs for other runtimes: drop --fp16, --torchscript and "
-                         "--attention-maps, or drop --torch-only")
     if settings.torch_only:
+        if fp16 or torchscript or attention_maps:
+            raise ValueError("a torch-only export writes no graphs for other runtimes: drop --fp16, --torchscript "
+                             "and --attention-maps, or drop --torch-only")
         settings = dataclasses.replace(settings, ort_attention=False)
     specs = tuple(lora.checked(s if isinstance(s, lora.LoraSpec) else lora.parse(s)) for s in loras)
     _check_out(out)
@@ -149,9 +148,10 @@ class _Run:
         with self.progress.step("write manifest"):
             manifest = self._manifest(records, tokenizer_files, previous)
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, **extra})
-            flag = {TORCH_ONLY: True} if self.settings.torch_only else {}
-            kept = {k: v for k, v in manifest.extra.items() if k != TORCH_ONLY}
-            manifest = dataclasses.replace(manifest, extra={**kept, **flag})
+            extra = {k: v for k, v in manifest.extra.items() if k != TORCH_ONLY}  # not one carried from a run before
+            if self.settings.torch_only:
+                extra[TORCH_ONLY] = True
+            manifest = dataclasses.replace(manifest, extra=extra)
             # ORT-optimized graphs and OpenVINO IR (not for torch-only), file stamps
             manifest = integrity.for_fast_load(self.out, manifest, self.ref, derived=not self.settings.torch_only)
             manifest.verify_files(self.out)
@@ -215,9 +215,6 @@ class _Run:
                     files = self._ort_attention(name, files)
                 with self.progress.step(f"verify {name}"):
                     parity = self._verify(name, files[0])
-                    if parity is None:  # torch-only: checked, not run
-                        rel = tuple(str(f.relative_to(staging)) for f in files)
-                        return ModelRecord(key, rel, sha256_files(files), exporter, TORCH_ONLY_PARITY)
             except Exception as err:  # noqa: BLE001 -- torch's exporters raise anything; try the next one
                 failures.append(f"{exporter} exporter: {err}")
                 if i + 1 < len(self.settings.exporters):
@@ -225,9 +222,11 @@ class _Run:
                     self.progress.write(f"{name}: the {exporter} exporter failed ({_first_line(err)}); "
                                         f"trying {self.settings.exporters[i + 1]}")
                 continue
-            self.progress.write(str(parity))
+            if parity is not None:  # None: torch-only, checked but not run
+                self.progress.write(str(parity))
             rel = tuple(str(f.relative_to(staging)) for f in files)
-            return ModelRecord(key, rel, sha256_files(files), exporter, parity.to_json())
+            return ModelRecord(key, rel, sha256_files(files), exporter,
+                               TORCH_ONLY_PARITY if parity is None else parity.to_json())
         raise ExportError(f"could not export {name}:\n  " + "\n  ".join(failures))
 
     def _ort_attention(self, name: str, files: list[Path]) -> list[Path]:

@@ -37,7 +37,7 @@ def torch_only(made):
 def test_a_torch_only_export_has_no_ort_or_openvino_steps(made):
     torch_only, report = made
     m = Manifest.load(torch_only)
-    assert m.extra["torch_only"] is True
+    assert m.torch_only and m.extra["torch_only"] is True
     assert "ort_optimized" not in m.extra and "openvino_ir" not in m.extra
     assert not (torch_only / "ort").exists() and not (torch_only / "openvino").exists()
     assert report.parity and all(p == TORCH_ONLY_PARITY for p in report.parity.values())
@@ -63,7 +63,7 @@ def test_a_full_export_into_the_folder_makes_it_whole(torch_only, tmp_path):
     shutil.copytree(torch_only, folder)
     report = run("tiny", folder, quiet=True)
     m = Manifest.load(folder)
-    assert "torch_only" not in m.extra and m.extra.get("ort_optimized")
+    assert not m.torch_only and "torch_only" not in m.extra and m.extra.get("ort_optimized")
     assert set(report.exported) == set(m.models)  # nothing reused from the unverified export
     assert all(p != TORCH_ONLY_PARITY for p in report.parity.values())
     Engine.load(folder, backend="onnxruntime", progress=False)

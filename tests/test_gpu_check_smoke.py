@@ -31,6 +31,7 @@ def test_the_cpu_smoke_runs_every_stage_in_order_and_keeps_the_key_rows(tmp_path
     key = json.loads((results / "key.json").read_text())
     assert key["done"] and [r["impl"] for r in key["rows"]] == KEY_ROWS
     assert not any("error" in r for r in key["rows"])
+    assert all(r["vae_guard"]["exercised"] for r in key["rows"][:2])  # the fp16 rows' VAE overflow guard
     fid = key["rows"][-1]["cyclediff fp16 + CUDA graphs"]
     assert fid["finite"] and fid["psnr_db"] > 35 and fid["latent_rel_err"] < 0.05
     assert key["targets"]["psnr_db"]["met"]

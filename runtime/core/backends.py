@@ -23,7 +23,7 @@ def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = 
     was 1.07-1.39x faster warm, but held 1.1-1.2x the RSS: a second, packed copy of the weights)."""
     if backend != "auto":
         return backend
-    if manifest.extra.get("torch_only"):
+    if manifest.torch_only:
         return "torch"
     if device.type == "cuda" and manifest.extra.get("tensorrt") and _has_tensorrt():
         return "tensorrt"
@@ -58,7 +58,7 @@ def load_runners(folder: Path, manifest: Manifest, backend: str, device: torch.d
     threads: see threads_for; the torch backend sets torch's process-wide count (torch.set_num_threads)."""
     integrity.check_mode(verify)
     threads = threads_for(threads)
-    if manifest.extra.get("torch_only") and backend != "torch":
+    if manifest.torch_only and backend != "torch":
         raise BackendError(f"{folder} is a torch-only export (cyclediff-export --torch-only): its graphs were never "
                            f"run in ONNX Runtime and it has no optimized copies; load it with backend='torch', or "
                            f"re-run cyclediff-export into it without --torch-only for {backend!r}")

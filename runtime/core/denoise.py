@@ -1,8 +1,9 @@
 """The DDIM denoising step that every forward loop shares: the UNet on x for each text group, the guided ε, the
 DDIM update (core/ddim.py's expression tree, so every loop agrees with the reference to the last bit).
 
-Users: DdimDecoder, Pix2Pix-Zero's edit loops and its inversion (which takes only `predict` and `guided_eps`: its update is the
-DDIM mean with swapped coefficients). The guidance sampler's generator stays out-of-place for autograd.
+Users: DdimDecoder, Pix2Pix-Zero's edit loops and its inversion (which takes only `predict` and `guided_eps`:
+its update is the DDIM mean with swapped coefficients). The guidance sampler's generator stays out-of-place for
+autograd.
 """
 from __future__ import annotations
 

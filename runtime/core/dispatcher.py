@@ -29,6 +29,7 @@ import torch
 
 from cyclediff.engine.base import ModelRunner
 from cyclediff.export.specs import UNET
+from cyclediff.runtime.core import graph_capture
 from cyclediff.runtime.core.buffers import BufferPool
 from cyclediff.runtime.core.cancel import check_cancelled
 from cyclediff.runtime.core.checks import check_number, check_range
@@ -80,7 +81,6 @@ class ModelDispatcher:
         self._in_flight = 0
         self._local = threading.local()
         self._exclusive_owner: int | None = None  # the thread inside exclusive(), under _cond
-        self._batch_jobs = 0  # leader only: jobs in the UNet batch it runs
         self._capturing = False  # a leader is capturing a CUDA graph: new public calls wait, under _cond
         # leader only; read by tests and benchmarks
         self.stats = {"unet_calls": 0, "unet_jobs": 0, "merged_calls": 0, "waits": 0}
@@ -219,7 +219,6 @@ class ModelDispatcher:
                 job.error = err
 
     def _run_unet(self, batch: list[_Job]) -> None:
-        self._batch_jobs = len(batch)  # leader only: read by _quiet
         self.stats["unet_calls"] += 1
         self.stats["unet_jobs"] += len(batch)
         if len(batch) == 1 and self.graphs is None:  # alone: run on the caller's own tensors, bitwise as before
@@ -227,7 +226,7 @@ class ModelDispatcher:
             return
         self.stats["merged_calls"] += len(batch) > 1
         feeds, out = self._gather(batch)
-        result = self._unet(feeds, out)
+        result = self._unet(feeds, out, len(batch))
         start = 0
         for job in batch:
             job.outputs["noise_pred"].copy_(result[start: start + job.size])
@@ -247,7 +246,8 @@ class ModelDispatcher:
         out = batch[0].outputs["noise_pred"]
         return feeds, self.pool.get("merge.noise_pred", (rows, *out.shape[1:]), out.dtype)[:n]
 
-    def _unet(self, feeds: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    def _unet(self, feeds: dict[str, torch.Tensor], out: torch.Tensor, jobs: int) -> torch.Tensor:
+        """One UNet call on merge buffers holding `jobs` callers' jobs (captured per signature on CUDA)."""
         if self.graphs is None:
             self.runners[UNET](feeds, {"noise_pred": out})
             return out
@@ -261,15 +261,15 @@ class ModelDispatcher:
             step = self._captured[key] = CapturedStep(run, self.graphs())
         if not step.capture_due:
             return step.call(feeds)
-        with self._quiet() as quiet:
+        with self._quiet(jobs) as quiet:
             return step.call(feeds, may_capture=quiet)
 
     @contextlib.contextmanager
-    def _quiet(self) -> Iterator[bool]:
+    def _quiet(self, jobs: int) -> Iterator[bool]:
         """Leader only: yields whether no other thread can be doing CUDA work (every in-flight call is waiting
-        on a queued job or is in this batch); while it is True, no new public call starts."""
+        on a queued job or is one of the `jobs` in this batch); while it is True, no new public call starts."""
         with self._cond:
-            quiet = self._in_flight <= self._batch_jobs + len(self._queue)
+            quiet = self._in_flight <= jobs + len(self._queue)
             self._capturing = quiet
         try:
             yield quiet
@@ -280,9 +280,8 @@ class ModelDispatcher:
                     self._cond.notify_all()
 
     def graph_report(self) -> dict:
-        """What the CUDA graphs did: each UNet signature's phase, and the process's failed captures so far."""
-        from cyclediff.runtime.core import graph_capture
-
+        """What the CUDA graphs did: each UNet signature's phase, and the process's failed captures so far. Any
+        thread: a snapshot of the leader's table (a signature being added meanwhile may be missing)."""
         shapes = [{"inputs": {name: list(shape) for name, shape, _ in key}, "phase": step.phase.value,
                    "captures": step.captures} for key, step in list(self._captured.items())]
         return {"enabled": self.graphs is not None, "signatures": shapes, "failures": graph_capture.FAILURES.count}
