@@ -1,8 +1,8 @@
 """OpenVINO backend: the exported graphs on OpenVINO's CPU plugin, fp32 (exact) or bf16 (the fast CPU mode).
 
-The text encoder and the VAE run one compiled model each, with the export's dynamic batch and spatial axes: the
-plugin packs their weights on the first call and every shape reuses them. The UNet runs one static model per
-latent size (engine/openvino_unet.py says why). Compiles and first calls drop the mapped weights' resident pages
+The text encoder runs one compiled model (OvModel), with the export's dynamic batch axis: the plugin packs its
+weights on the first call and every batch reuses them. The UNet and the VAE run one static model per per-sample
+shape (engine/openvino_static.py says why). Compiles and first calls drop the mapped weights' resident pages
 as they go (engine/mapped_pages.py): the packed copies are what stays.
 
 Thread safety: compiled models are shared and immutable; each runner owns its infer request(s), used under the

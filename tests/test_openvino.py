@@ -261,6 +261,55 @@ def test_unet_compiles_once_per_latent_size_and_keeps_one(exports):
     assert unet.compiles == 2 and len(unet._models) == 1
 
 
+def test_vae_runs_static_per_image_and_matches_onnxruntime(exports):
+    """The VAE's models run every batch image by image on one static model per image size, as the UNet does."""
+    folder = exports("tiny")
+    manifest = Manifest.load(folder, verify_files=False)
+    ov = backends.load_runners(folder, manifest, "openvino", torch.device("cpu"))
+    ort = backends.load_runners(folder, manifest, "onnxruntime", torch.device("cpu"))
+    f, c = manifest.dims.vae_scale, manifest.dims.latent_channels
+    g = torch.Generator().manual_seed(2)
+    for b, side in ((2, 8), (1, 8), (2, 16)):
+        image = torch.rand(b, 3, side * f, side * f, generator=g) * 2 - 1
+        got = {n: torch.empty(b, c, side, side) for n in ("mean", "std")}
+        want = {n: torch.empty(b, c, side, side) for n in ("mean", "std")}
+        ov["vae_encoder"]({"image": image}, got)
+        ort["vae_encoder"]({"image": image}, want)
+        assert all(float((got[n] - want[n]).abs().max()) < 1e-4 for n in got), (b, side)
+        pixels, ref = torch.empty(b, 3, side * f, side * f), torch.empty(b, 3, side * f, side * f)
+        ov["vae_decoder"]({"latent": got["mean"]}, {"image": pixels})
+        ort["vae_decoder"]({"latent": got["mean"]}, {"image": ref})
+        assert float((pixels - ref).abs().max()) < 1e-4, (b, side)
+    assert ov["vae_encoder"].compiles == ov["vae_decoder"].compiles == 2
+
+
+def test_the_vae_models_never_hold_buffers_at_once_and_results_do_not_change(exports):
+    """Before one VAE model runs, the other releases its buffers; a model called again keeps its own."""
+    folder = exports("tiny")
+    manifest = Manifest.load(folder, verify_files=False)
+    ov = backends.load_runners(folder, manifest, "openvino", torch.device("cpu"))
+    enc, dec = ov["vae_encoder"], ov["vae_decoder"]
+    f, c = manifest.dims.vae_scale, manifest.dims.latent_channels
+    image = torch.rand(1, 3, 8 * f, 8 * f, generator=torch.Generator().manual_seed(4)) * 2 - 1
+
+    def encode() -> torch.Tensor:
+        out = {n: torch.empty(1, c, 8, 8) for n in ("mean", "std")}
+        enc({"image": image}, out)
+        return out["mean"]
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(1, 3, 8 * f, 8 * f)
+        dec({"latent": latent}, {"image": out})
+        return out
+
+    first = encode()
+    pixels = decode(first)
+    assert (enc.releases, dec.releases) == (1, 0)
+    assert torch.equal(decode(first), pixels) and dec.releases == 0  # called again: kept its buffers
+    assert torch.equal(encode(), first) and (enc.releases, dec.releases) == (1, 1)
+    assert torch.equal(decode(first), pixels) and enc.releases == 2
+
+
 @needs_bf16
 def test_bf16_vae_overflow_reruns_in_fp32(exports):
     """A non-finite bf16 VAE decode is computed again by the lazily compiled fp32 twin."""

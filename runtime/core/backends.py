@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from cyclediff.export.integrity import FileGroup
 from cyclediff.export.manifest import Manifest, ManifestError
 from cyclediff.export.specs import MODEL_NAMES, UNET, VAE_DECODER, VAE_ENCODER
 from cyclediff.runtime import verbosity
+
+if TYPE_CHECKING:
+    from cyclediff.engine.openvino_static import ExclusiveBuffers
 
 
 def choose(backend: str, device: torch.device, manifest: Manifest, dtype: str = "fp32") -> str:
@@ -108,13 +112,16 @@ def _ort_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: 
 def _ov_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: str, verify: str,
                 threads: int) -> dict[str, ModelRunner]:
     """Every graph on OpenVINO's CPU plugin, from the export's IR where it has one for this OpenVINO (else the ONNX
-    graph); bf16 VAE parts keep a lazily compiled fp32 twin for the overflow re-run."""
+    graph); bf16 VAE parts keep a lazily compiled fp32 twin for the overflow re-run. The VAE's models (twins too)
+    share one ExclusiveBuffers: only the one that ran last holds its intermediate buffers."""
     from cyclediff.engine.openvino_backend import require
+    from cyclediff.engine.openvino_static import ExclusiveBuffers
 
     require(device, dtype)
+    vae_buffers = ExclusiveBuffers()
 
     def make(n: str, precision: str = dtype) -> ModelRunner:
-        return _ov_model(folder, manifest, n, precision, verify, threads)
+        return _ov_model(folder, manifest, n, precision, verify, threads, vae_buffers)
 
     runners = _in_parallel(make, _names(manifest))
     if dtype == "fp32":
@@ -122,9 +129,11 @@ def _ov_runners(folder: Path, manifest: Manifest, device: torch.device, dtype: s
     return {n: _guarded(r, r.spec, lambda n=n: make(n, "fp32")) for n, r in runners.items()}
 
 
-def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: str, threads: int) -> ModelRunner:
+def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: str, threads: int,
+              vae_buffers: ExclusiveBuffers) -> ModelRunner:
+    """The UNet and the VAE on static per-sample models (engine/openvino_static.py), the text encoder dynamic."""
     from cyclediff.engine.openvino_backend import OvModel
-    from cyclediff.engine.openvino_unet import OvSampleModel
+    from cyclediff.engine.openvino_static import OvSampleModel
     from cyclediff.export import openvino_ir
 
     entry = manifest.models[name]
@@ -138,6 +147,8 @@ def _ov_model(folder: Path, manifest: Manifest, name: str, dtype: str, verify: s
     integrity.check(folder, manifest, group, verify)
     if name in (UNET, UNET_ATTN):
         return OvSampleModel(path, entry.spec, dtype, threads)
+    if name in (VAE_ENCODER, VAE_DECODER):
+        return OvSampleModel(path, entry.spec, dtype, threads, vae_buffers)
     return OvModel(path, entry.spec, dtype, threads)
 
 

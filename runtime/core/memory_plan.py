@@ -14,10 +14,10 @@ The model (bytes; e = bytes per activation element: 4 fp32, 2 fp16/bf16; lat = C
         + chunk·(2·lat + emb) (the chunk's sample, result, text) + g_t·B·emb + 4 pixel-sized copies per image.
   Peak = buffers + max(UNet chunk, decoder UNet batch g_t·B, VAE over B images) + overhead: the phases run one
   after another, and the buffers stay allocated.
-  openvino runs every UNet call sample by sample on a static batch-1 model (engine/openvino_unet.py): its UNet
-  activations are one sample's whatever the chunk, and the models' packed weights (bf16: half the fp32 bytes) are
-  allocated at their first calls (the UNet's at the first call of a latent size), after the budget was taken, so
-  they are a part of the plan.
+  openvino runs every UNet and VAE call sample by sample on a static batch-1 model (engine/openvino_static.py):
+  its UNet and VAE activations are one sample's whatever the batch, and the models' packed weights (bf16: half
+  the fp32 bytes) are allocated at their first calls (the UNet's and the VAE's at the first call of a size),
+  after the budget was taken, so they are a part of the plan.
 
   Latent-space guidance (runtime/methods/guidance), B codes, K steps of the sampler G inside the Langevin loop,
         g = 2 with classifier-free guidance: autograd through the fp32 torch UNet and VAE decoder (e = 4 whatever
@@ -121,6 +121,7 @@ COEFFICIENTS = {
     # at a 32² latent and 624 MiB at 64² (the plugin reuses them across layers): a fixed part (overhead) and a
     # small per-pixel one; the dynamic VAE decoder took 477 MiB at 512² (a_vae 7.3 at 2 bytes). A 256² edit rose
     # 2.98 GB above the loaded engine: 2.70 GB of it planned before the overhead took the rest (960 MiB).
+    # The static VAE decoder (engine/openvino_static.py) measured a_vae 6.0 at 512² (0.81 GB fp32, 0.40 bf16): 8 kept.
     "openvino": Coefficients(unet=30, vae=8, overhead=960 * MiB),
     "torch": Coefficients(unet=38, vae=12),
     "tensorrt": Coefficients(unet=38, vae=12),  # not measured (no GPU here): torch's, fp16 halves e
@@ -231,7 +232,8 @@ class MemoryPlanner:
 
     @property
     def per_sample_unet(self) -> bool:
-        """The UNet runs one sample at a time (openvino): a merged call holds one sample's activations."""
+        """The UNet and the VAE run one sample at a time (openvino): a merged call holds one sample's activations,
+        and only the VAE model that ran last holds its buffers (engine/openvino_static.py)."""
         return self.backend == "openvino"
 
     def packed_bytes(self) -> int:
@@ -323,7 +325,7 @@ class MemoryPlanner:
         one = self.unet_sample_bytes(s.latent_h, s.latent_w)
         decoder = (1 if self.per_sample_unet else (2 if s.guided else 1) * s.batch) * one
         encoder = chunk_fixed + chunk * per
-        vae = s.batch * self.vae_image_bytes(s.latent_h, s.latent_w)
+        vae = (1 if self.per_sample_unet else s.batch) * self.vae_image_bytes(s.latent_h, s.latent_w)
         parts = {"buffers": buffers, "encoder_unet": int(encoder), "decoder_unet": decoder, "vae": vae,
                  "overhead": self.coefficients.overhead}
         if packed:
