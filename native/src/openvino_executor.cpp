@@ -1,8 +1,8 @@
 // openvino_executor.cpp: the OpenVINO CPU executor: the export's OpenVINO IR (DIR/openvino/<model>.xml + .bin,
 // manifest extra.openvino_ir, written by export/openvino_ir.py) or else its ONNX graphs, on the "CPU" plugin in
 // fp32 (exact) or bf16 (the fast mode, on CPUs with AVX512_BF16 or AMX), run as engine/openvino_backend.py runs
-// them: text encoder and VAE with dynamic shapes, the UNet as one static batch-1 model per latent size
-// (openvino_models.h). In bf16 a VAE output that is not finite is computed again by an fp32 twin of that VAE
+// them: the text encoder with dynamic shapes, the UNet and the VAE as static batch-1 models per per-sample shape,
+// the VAE's models sharing one ExclusiveBuffers (openvino_models.h). In bf16 a VAE output that is not finite is computed again by an fp32 twin of that VAE
 // part, compiled on first need (runtime/core/precision.py); latents, noises and the DDIM math stay fp32.
 //
 // Locking rule: every model guards itself (openvino_models.h); twins_ (the fp32 VAE twins) is guarded by
@@ -66,10 +66,6 @@ std::map<std::string, FileEntry> model_files(const Manifest &manifest) {
     return out;
 }
 
-ov::Tensor view_of(const Tensor &t) {  // OpenVINO only reads an input tensor's memory
-    return ov::Tensor(ov::element::f32, ov::Shape(t.shape.begin(), t.shape.end()), const_cast<float *>(t.data()));
-}
-
 ov::Tensor view_of_out(Tensor &t) {  // the caller's output storage, already sized (executor.h)
     return ov::Tensor(ov::element::f32, ov::Shape(t.shape.begin(), t.shape.end()), t.data());
 }
@@ -95,9 +91,10 @@ public:
         : dtype_(std::move(dtype)), num_threads_(num_threads) {
         for (const auto &[name, entry] : files) sources_[name] = source_of(manifest, entry);
         const ov::AnyMap config = openvino_config(dtype_, num_threads);
-        for (const char *name : {"text_encoder", "vae_encoder", "vae_decoder"})
-            dynamic_[name] = std::make_unique<DynamicModel>(core_, sources_.at(name), name, config);
+        text_encoder_ = std::make_unique<DynamicModel>(core_, sources_.at("text_encoder"), "text_encoder", config);
         unet_ = std::make_unique<SampleModel>(core_, sources_.at("unet"), "unet", config);
+        for (const char *name : {"vae_encoder", "vae_decoder"})
+            vae_[name] = std::make_unique<SampleModel>(core_, sources_.at(name), name, config, &vae_buffers_);
     }
 
     std::string name() const override { return "openvino"; }
@@ -106,7 +103,7 @@ public:
     void text_encoder(const std::vector<int64_t> &ids, Tensor &hidden) override {
         const size_t b = static_cast<size_t>(hidden.shape[0]);
         ov::Tensor in(ov::element::i64, ov::Shape{b, ids.size() / b}, const_cast<int64_t *>(ids.data()));
-        dynamic_.at("text_encoder")->run({{"input_ids", in}}, {{"hidden_states", view_of_out(hidden)}});
+        text_encoder_->run({{"input_ids", in}}, {{"hidden_states", view_of_out(hidden)}});
     }
 
     void unet(const Tensor &sample, const Tensor &timestep, const Tensor &emb, Tensor &noise_pred) override {
@@ -115,14 +112,16 @@ public:
     }
 
     void vae_encoder(const Tensor &image, Tensor &mean, Tensor &std_dev) override {
-        const Named in{{"image", view_of(image)}}, out{{"mean", view_of_out(mean)}, {"std", view_of_out(std_dev)}};
-        dynamic_.at("vae_encoder")->run(in, out);
+        const NamedIn in{{"image", &image}};
+        const NamedOut out{{"mean", &mean}, {"std", &std_dev}};
+        vae_.at("vae_encoder")->run(in, out);
         if (dtype_ != "fp32" && !(all_finite(mean) && all_finite(std_dev))) twin("vae_encoder").run(in, out);
     }
 
     void vae_decoder(const Tensor &latent, Tensor &image) override {
-        const Named in{{"latent", view_of(latent)}}, out{{"image", view_of_out(image)}};
-        dynamic_.at("vae_decoder")->run(in, out);
+        const NamedIn in{{"latent", &latent}};
+        const NamedOut out{{"image", &image}};
+        vae_.at("vae_decoder")->run(in, out);
         if (dtype_ != "fp32" && !all_finite(image)) twin("vae_decoder").run(in, out);
     }
 
@@ -130,11 +129,11 @@ public:
 
 private:
     // The fp32 twin of a VAE part, compiled the first time a bf16 output overflows.
-    DynamicModel &twin(const char *name) {
+    SampleModel &twin(const char *name) {
         std::lock_guard<std::mutex> guard(twins_lock_);
-        std::unique_ptr<DynamicModel> &m = twins_[name];
-        if (!m) m = std::make_unique<DynamicModel>(core_, sources_.at(name), std::string(name) + " (fp32 re-run)",
-                                                   openvino_config("fp32", num_threads_));
+        std::unique_ptr<SampleModel> &m = twins_[name];
+        if (!m) m = std::make_unique<SampleModel>(core_, sources_.at(name), std::string(name) + " (fp32 re-run)",
+                                                  openvino_config("fp32", num_threads_), &vae_buffers_);
         return *m;
     }
 
@@ -142,10 +141,12 @@ private:
     std::string dtype_;
     int num_threads_;
     std::map<std::string, ModelSource> sources_;
-    std::map<std::string, std::unique_ptr<DynamicModel>> dynamic_;
+    ExclusiveBuffers vae_buffers_;  // before the models that point to it: destroyed after them
+    std::unique_ptr<DynamicModel> text_encoder_;
     std::unique_ptr<SampleModel> unet_;
+    std::map<std::string, std::unique_ptr<SampleModel>> vae_;
     std::mutex twins_lock_;
-    std::map<std::string, std::unique_ptr<DynamicModel>> twins_;
+    std::map<std::string, std::unique_ptr<SampleModel>> twins_;
 };
 
 }  // namespace

@@ -81,13 +81,16 @@ void DynamicModel::run(const Named &inputs, const Named &outputs) {
     }
 }
 
-SampleModel::SampleModel(ov::Core &core, ModelSource source, std::string name, ov::AnyMap config)
-    : core_(core), source_(std::move(source)), name_(std::move(name)), config_(std::move(config)) {}
+SampleModel::SampleModel(ov::Core &core, ModelSource source, std::string name, ov::AnyMap config,
+                         ExclusiveBuffers *buffers)
+    : core_(core), source_(std::move(source)), name_(std::move(name)), config_(std::move(config)),
+      buffers_(buffers) {}
 
 void SampleModel::run(const NamedIn &inputs, const NamedOut &outputs) {
     SampleShapes shapes;  // the per-sample shape of each input: what a static model is compiled for
     for (const auto &[port, t] : inputs) shapes.emplace_back(port, ov::Shape(t->shape.begin() + 1, t->shape.end()));
     const int64_t batch = inputs.front().second->shape[0];
+    if (buffers_ != nullptr) buffers_->claim(this);  // before lock_: it may take the previous model's
     std::lock_guard<std::mutex> guard(lock_);
     try {
         if (shapes != held_) compile_for(shapes);
@@ -101,6 +104,25 @@ void SampleModel::run(const NamedIn &inputs, const NamedOut &outputs) {
     } catch (const std::exception &err) {
         fail(CYCLEDIFF_ERR_EXECUTOR, "OpenVINO " + name_ + " failed: " + first_line(err.what()));
     }
+}
+
+void SampleModel::release_buffers() {
+    std::lock_guard<std::mutex> guard(lock_);
+    try {
+        if (!held_.empty()) compiled_.release_memory();
+    } catch (const std::exception &err) {
+        fail(CYCLEDIFF_ERR_EXECUTOR, "OpenVINO " + name_ + " could not release its buffers: " + first_line(err.what()));
+    }
+}
+
+void ExclusiveBuffers::claim(SampleModel *model) {
+    SampleModel *previous = nullptr;
+    {
+        std::lock_guard<std::mutex> guard(lock_);
+        previous = holder_;
+        holder_ = model;
+    }
+    if (previous != nullptr && previous != model) previous->release_buffers();
 }
 
 // Frees the held model (its packed weights) before the next one packs its own.
