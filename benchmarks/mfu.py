@@ -14,7 +14,7 @@ def matmul_peak_tflops(device: str, dtype: torch.dtype, n: int = 4096, repeat: i
 def flop_counter():
     """torch's FlopCounterMode, also counting CPU attention: torch registers FLOP formulas for the CUDA attention
     kernels only, so on the CPU its count of an SD UNet left out 4·B·H·L·S·D per attention (5 % of the call at
-    256², 15 % at 512²)."""
+    256², 16 % at 512²)."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:

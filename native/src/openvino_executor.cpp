@@ -2,8 +2,9 @@
 // manifest extra.openvino_ir, written by export/openvino_ir.py) or else its ONNX graphs, on the "CPU" plugin in
 // fp32 (exact) or bf16 (the fast mode, on CPUs with AVX512_BF16 or AMX), run as engine/openvino_backend.py runs
 // them: the text encoder with dynamic shapes, the UNet and the VAE as static batch-1 models per per-sample shape,
-// the VAE's models sharing one ExclusiveBuffers (openvino_models.h). In bf16 a VAE output that is not finite is computed again by an fp32 twin of that VAE
-// part, compiled on first need (runtime/core/precision.py); latents, noises and the DDIM math stay fp32.
+// the VAE's models sharing one ExclusiveBuffers (openvino_models.h). In bf16 a VAE output that is not finite is
+// computed again by an fp32 twin of that VAE part, compiled on first need (runtime/core/precision.py); latents,
+// noises and the DDIM math stay fp32.
 //
 // Locking rule: every model guards itself (openvino_models.h); twins_ (the fp32 VAE twins) is guarded by
 // twins_lock_, taken before no other lock and released before the twin runs.

@@ -231,7 +231,7 @@ class MemoryPlanner:
         return self.backend == "onnxruntime" and not (self.manifest.extra.get("ort_attention") or {}).get("vae_decoder")
 
     @property
-    def per_sample_unet(self) -> bool:
+    def per_sample(self) -> bool:
         """The UNet and the VAE run one sample at a time (openvino): a merged call holds one sample's activations,
         and only the VAE model that ran last holds its buffers (engine/openvino_static.py)."""
         return self.backend == "openvino"
@@ -278,7 +278,7 @@ class MemoryPlanner:
         I/O buffers; where the UNet runs sample by sample (openvino), one sample's activations are fixed and each
         sample adds only its I/O buffers."""
         per = self.chunk_sample_bytes(h, w)
-        if not self.per_sample_unet:
+        if not self.per_sample:
             return 0, per
         one = self.unet_sample_bytes(h, w)
         return one, per - one
@@ -323,9 +323,9 @@ class MemoryPlanner:
         free = self.budget - self.coefficients.overhead - buffers - packed - chunk_fixed
         chunk = max(1, min(self.max_batch, samples, free // per if free > 0 else 1))
         one = self.unet_sample_bytes(s.latent_h, s.latent_w)
-        decoder = (1 if self.per_sample_unet else (2 if s.guided else 1) * s.batch) * one
+        decoder = (1 if self.per_sample else (2 if s.guided else 1) * s.batch) * one
         encoder = chunk_fixed + chunk * per
-        vae = (1 if self.per_sample_unet else s.batch) * self.vae_image_bytes(s.latent_h, s.latent_w)
+        vae = (1 if self.per_sample else s.batch) * self.vae_image_bytes(s.latent_h, s.latent_w)
         parts = {"buffers": buffers, "encoder_unet": int(encoder), "decoder_unet": decoder, "vae": vae,
                  "overhead": self.coefficients.overhead}
         if packed:
